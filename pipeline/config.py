@@ -1,0 +1,159 @@
+"""All configuration in one typed place.
+
+Every field has an embedded default that runs on one laptop (Spark local, SQLite
+for MLflow, files under ./data). Each can be overridden by an environment
+variable (the name in the field's metadata, e.g. ``SPARK_MASTER``) and then by
+the CLI (``--set section.field=value``), so the same code runs against a Spark
+cluster, a remote MLflow server and object storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _env(name: str, default, **kw):
+    return field(default=default, metadata={"env": name}, **kw)
+
+
+@dataclass
+class PathsConfig:
+    data_root: str = _env("DATA_ROOT", "data")
+    state_dir: str = _env("STATE_DIR", ".state")
+    dumps_dir: str = _env("DUMPS_DIR", "data/sample/dumps")
+    wit_dir: str = _env("WIT_DIR", "data/sample/wit")
+    dump_date: str = _env("DUMP_DATE", "20260101")
+    wiki: str = _env("WIKI", "commonswiki")
+
+
+@dataclass
+class SparkConfig:
+    master: str = _env("SPARK_MASTER", "local[*]")
+    driver_memory: str = _env("SPARK_DRIVER_MEMORY", "2g")
+    shuffle_partitions: int = _env("SPARK_SHUFFLE_PARTITIONS", 8)
+    # Uncompressed bytes per chunk when a non-splittable .sql.gz is cut for parallel parsing.
+    dump_chunk_bytes: int = _env("DUMP_CHUNK_BYTES", 64 * 1024 * 1024)
+    # Share of rejected rows above which a stage fails (0.0001 = 0.01%).
+    max_reject_share: float = _env("MAX_REJECT_SHARE", 0.0001)
+
+
+@dataclass
+class LabelConfig:
+    taxonomy: str = _env("TAXONOMY", "v1.3")
+    heuristics: str = _env("HEURISTICS", "headJ+depth")
+    root: str = _env("COMMONS_ROOT", "CommonsRoot")
+
+
+@dataclass
+class WitConfig:
+    language: str = _env("WIT_LANGUAGE", "en")
+    mime_types: tuple = _env("WIT_MIME_TYPES", ("image/jpeg", "image/png"))
+    # Fractions of train / validation / threshold / test; the rest of 1.0 goes to test.
+    split_train: float = _env("SPLIT_TRAIN", 0.7)
+    split_validation: float = _env("SPLIT_VALIDATION", 0.1)
+    split_threshold: float = _env("SPLIT_THRESHOLD", 0.1)
+
+
+@dataclass
+class ShardConfig:
+    image_size: int = _env("IMAGE_SIZE", 64)
+    thumb_width: int = _env("THUMB_WIDTH", 128)
+    originals: bool = _env("DOWNLOAD_ORIGINALS", False)
+    shard_size: int = _env("SHARD_SIZE", 1000)
+    user_agent: str = _env(
+        "USER_AGENT", "wiki-image-topics/0.1 (https://example.org/wiki-image-topics; set USER_AGENT) requests"
+    )
+    per_host_concurrency: int = _env("PER_HOST_CONCURRENCY", 2)
+    bandwidth_bytes_per_s: int = _env("BANDWIDTH_BYTES_PER_S", 3_000_000)
+    timeout_s: float = _env("HTTP_TIMEOUT_S", 30.0)
+    max_retries: int = _env("HTTP_MAX_RETRIES", 5)
+    # Rewrites https://upload.wikimedia.org to a mirror (the demo's local server).
+    mirror_url: str = _env("WIKI_MIRROR_URL", "")
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = _env("BACKBONE", "B0")
+    weights: str = _env("WEIGHTS", "imagenet")
+    trainable: str = _env("TRAINABLE_LAYERS", "all")
+    loss: str = _env("LOSS", "weighted_bce")
+    focal_gamma: float = _env("FOCAL_GAMMA", 2.0)
+    hierarchical: bool = _env("HIERARCHICAL_LABELS", True)
+    batch_size: int = _env("BATCH_SIZE", 512)
+    epochs: int = _env("EPOCHS", 15)
+    learning_rate: float = _env("LEARNING_RATE", 1e-3)
+    patience: int = _env("PATIENCE", 3)
+    mixed_precision: bool = _env("MIXED_PRECISION", False)
+    jit_compile: bool = _env("JIT_COMPILE", False)
+    workers: int = _env("LOADER_WORKERS", 2)
+    seed: int = _env("SEED", 0)
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str = _env("MLFLOW_TRACKING_URI", "")
+    experiment: str = _env("MLFLOW_EXPERIMENT", "wiki-image-topics")
+    model_name: str = _env("MLFLOW_MODEL_NAME", "wiki-image-topics")
+
+
+@dataclass
+class Settings:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    wit: WitConfig = field(default_factory=WitConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def mlflow_uri(self) -> str:
+        if self.tracking.tracking_uri:
+            return self.tracking.tracking_uri
+        return f"sqlite:///{Path(self.paths.state_dir).resolve() / 'mlflow.db'}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: str, typ):
+    typ = typing.get_origin(typ) or typ
+    if typ is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    if typ is tuple:
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return typ(value)
+
+
+def _field_types(section) -> dict:
+    return typing.get_type_hints(type(section))
+
+
+def load_settings(overrides: dict[str, str] | None = None, environ=None) -> Settings:
+    """Defaults, then environment variables, then ``section.field`` overrides."""
+    environ = os.environ if environ is None else environ
+    settings = Settings()
+    for section_field in dataclasses.fields(settings):
+        section = getattr(settings, section_field.name)
+        types = _field_types(section)
+        for f in dataclasses.fields(section):
+            env = f.metadata.get("env")
+            if env and env in environ:
+                setattr(section, f.name, _coerce(environ[env], types[f.name]))
+    for key, value in (overrides or {}).items():
+        if "." not in key:
+            raise ValueError(f"override {key!r} must look like section.field (e.g. train.epochs)")
+        section_name, name = key.split(".", 1)
+        section = getattr(settings, section_name, None)
+        if section is None or name not in {f.name for f in dataclasses.fields(section)}:
+            raise ValueError(f"unknown setting {key!r}")
+        setattr(section, name, _coerce(str(value), _field_types(section)[name]))
+    return settings

@@ -1,0 +1,101 @@
+"""Where every table lives in the data lake, keyed by dump date.
+
+One place that knows the paths, so stages exchange only a ``Layout`` (or the
+paths it gives) and never data. Labels and everything built on them are also
+keyed by taxonomy version and heuristics, so several labelings of one dump can
+coexist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import Settings
+
+TABLES = ("page", "categorylinks", "linktarget", "page_props", "redirect")
+SPLITS = ("train", "validation", "threshold", "test")
+
+
+def join(*parts: str) -> str:
+    """Join path parts with '/', keeping URL schemes such as s3:// intact."""
+    head, *rest = parts
+    return "/".join([head.rstrip("/")] + [p.strip("/") for p in rest])
+
+
+@dataclass(frozen=True)
+class Layout:
+    data_root: str
+    dump_date: str
+    dumps_dir: str
+    wit_dir: str
+    wiki: str = "commonswiki"
+    taxonomy: str = "v1.3"
+    heuristics: str = "headJ+depth"
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> "Layout":
+        return cls(
+            data_root=s.paths.data_root,
+            dump_date=s.paths.dump_date,
+            dumps_dir=s.paths.dumps_dir,
+            wit_dir=s.paths.wit_dir,
+            wiki=s.paths.wiki,
+            taxonomy=s.label.taxonomy,
+            heuristics=s.label.heuristics,
+        )
+
+    # inputs
+    def dump(self, table: str) -> str:
+        return join(self.dumps_dir, f"{self.wiki}-{self.dump_date}-{table}.sql.gz")
+
+    # outputs
+    @property
+    def root(self) -> str:
+        return join(self.data_root, self.dump_date)
+
+    def ingest(self, table: str) -> str:
+        """categories, category_edges, file_links, file_redirects, rejects."""
+        return join(self.root, "ingest", table)
+
+    @property
+    def ingest_staging(self) -> str:
+        return join(self.root, "_staging", "ingest")
+
+    @property
+    def category_depth(self) -> str:
+        return join(self.root, "graph", "category_depth")
+
+    @property
+    def label_key(self) -> str:
+        return f"{self.taxonomy}/{self.heuristics}"
+
+    def labels(self, table: str) -> str:
+        """category_labels, file_labels, stats.json."""
+        return join(self.root, "labels", self.label_key, table)
+
+    @property
+    def wit_images(self) -> str:
+        return join(self.root, "wit", self.label_key, "images")
+
+    @property
+    def wit_rejects(self) -> str:
+        return join(self.root, "wit", self.label_key, "rejects")
+
+    @property
+    def shards(self) -> str:
+        return join(self.root, "shards", self.label_key)
+
+    def shard_dir(self, split: str) -> str:
+        return join(self.shards, split)
+
+    @property
+    def shard_manifest(self) -> str:
+        return join(self.shards, "manifest")
+
+    @property
+    def predictions(self) -> str:
+        return join(self.root, "predictions", self.label_key)
+
+    @property
+    def reports(self) -> str:
+        return join(self.root, "reports", self.label_key)

@@ -1,0 +1,31 @@
+"""One way to get a SparkSession, configured from Settings."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pipeline.config import Settings
+
+
+def get_spark(settings: Settings, app: str):
+    from pyspark.sql import SparkSession
+
+    # Executors must run the same interpreter (and so the same venv) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.appName(f"wiki-image-topics:{app}")
+        .master(settings.spark.master)
+        .config("spark.driver.memory", settings.spark.driver_memory)
+        .config("spark.sql.shuffle.partitions", str(settings.spark.shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.parquet.compression.codec", "zstd")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + os.path.abspath(settings.paths.state_dir))
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
