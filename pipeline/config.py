@@ -10,6 +10,7 @@ cluster, a remote MLflow server and object storage.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -98,6 +99,8 @@ class TrackingConfig:
     tracking_uri: str = _env("MLFLOW_TRACKING_URI", "")
     experiment: str = _env("MLFLOW_EXPERIMENT", "wiki-image-topics")
     model_name: str = _env("MLFLOW_MODEL_NAME", "wiki-image-topics")
+    # The model batch inference uses; empty: the registered model's `champion` alias.
+    model_uri: str = _env("MODEL_URI", "")
 
 
 @dataclass
@@ -138,8 +141,15 @@ def _field_types(section) -> dict:
 
 
 def load_settings(overrides: dict[str, str] | None = None, environ=None) -> Settings:
-    """Defaults, then environment variables, then ``section.field`` overrides."""
+    """Defaults, then environment variables, then ``section.field`` overrides.
+
+    ``PIPELINE_OVERRIDES`` (a JSON object of ``section.field`` overrides) in the
+    environment applies before the explicit ones: it is how a launcher hands
+    the same overrides to every stage process.
+    """
     environ = os.environ if environ is None else environ
+    if environ.get("PIPELINE_OVERRIDES"):
+        overrides = {**json.loads(environ["PIPELINE_OVERRIDES"]), **(overrides or {})}
     settings = Settings()
     for section_field in dataclasses.fields(settings):
         section = getattr(settings, section_field.name)

@@ -96,6 +96,10 @@ class Layout:
     def predictions(self) -> str:
         return join(self.root, "predictions", self.label_key)
 
+    def summary(self, stage: str) -> str:
+        """The JSON summary a stage leaves behind (what the DAG passes on, kept for users)."""
+        return join(self.root, "_summaries", self.label_key, f"{stage}.json")
+
     @property
     def reports(self) -> str:
         return join(self.root, "reports", self.label_key)

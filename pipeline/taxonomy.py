@@ -40,7 +40,7 @@ class Taxonomy:
     @classmethod
     def load(cls, version_or_path: str) -> "Taxonomy":
         path = Path(version_or_path)
-        if not path.suffix:
+        if path.suffix not in (".yaml", ".yml"):  # a version name such as "v1.3"
             path = TAXONOMY_DIR / f"{version_or_path}.yaml"
         if not path.exists():
             known = sorted(p.stem for p in TAXONOMY_DIR.glob("*.yaml"))

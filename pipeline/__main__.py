@@ -1,0 +1,134 @@
+"""The command line: ``python -m pipeline <command> [options]``.
+
+Every stage is one subcommand; its last line of output is a one-line JSON
+summary (output paths, row counts) that the DAG passes on. Bad input exits 2
+with ``error: [stage] path: message``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+
+from pipeline.atomic import write_json
+from pipeline.config import load_settings
+from pipeline.layout import Layout
+from pipeline.errors import StageError
+from pipeline.stages import ORDER, STAGES
+
+# Shortcut flags for the settings users change most; anything else via --set.
+SHORTCUTS = {
+    "--dump-date": "paths.dump_date",
+    "--data-root": "paths.data_root",
+    "--dumps-dir": "paths.dumps_dir",
+    "--wit-dir": "paths.wit_dir",
+    "--state-dir": "paths.state_dir",
+    "--taxonomy": "label.taxonomy",
+    "--heuristics": "label.heuristics",
+    "--spark-master": "spark.master",
+}
+
+
+def _add_settings_arguments(p: argparse.ArgumentParser) -> None:
+    for flag, key in SHORTCUTS.items():
+        p.add_argument(flag, dest=key.replace(".", "__"), metavar="VALUE", help=f"sets {key}")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+        help="override any setting, e.g. --set train.epochs=3 (see `python -m pipeline config`)",
+    )
+
+
+def _overrides(args) -> dict[str, str]:
+    out = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"error: --set expects SECTION.FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    for key in SHORTCUTS.values():
+        value = getattr(args, key.replace(".", "__"), None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    for name in ORDER:
+        p = sub.add_parser(name, help=STAGES[name].help, description=STAGES[name].help)
+        _add_settings_arguments(p)
+
+    from pipeline.sample import generator
+
+    p = sub.add_parser("sample", help="generate the bundled sample in the real published formats")
+    generator.add_arguments(p)
+
+    p = sub.add_parser("serve", help="serve sample images over HTTP, mirroring upload.wikimedia.org")
+    p.add_argument("--root", required=True, help="the sample's images folder")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+
+    p = sub.add_parser("demo", help="generate the sample, serve its images, run the whole Airflow DAG on it")
+    p.add_argument("--images", type=int, default=3000)
+    p.add_argument("--categories", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None)
+    _add_settings_arguments(p)
+
+    p = sub.add_parser("config", help="print the resolved settings as JSON")
+    _add_settings_arguments(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    command = args.command
+    started = time.time()
+    try:
+        if command == "sample":
+            from pipeline.sample import generator
+
+            summary = generator.main(args)
+        elif command == "serve":
+            from pipeline.sample import server
+
+            return server.main(["--root", args.root, "--host", args.host, "--port", str(args.port)])
+        elif command == "demo":
+            from pipeline import demo
+
+            summary = demo.run_demo(
+                overrides=_overrides(args), images=args.images, categories=args.categories,
+                seed=args.seed, epochs=args.epochs,
+            )
+        elif command == "config":
+            summary = load_settings(_overrides(args)).to_dict()
+        else:
+            settings = load_settings(_overrides(args))
+            summary = STAGES[command].load()(settings)
+            summary = {"stage": command, "seconds": round(time.time() - started, 1), **summary}
+            write_json(Layout.from_settings(settings).summary(command), summary)
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {e}", flush=True)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        traceback.print_exc()
+        print(f"error: [{command}] {e}", flush=True)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the last line must say which stage failed
+        traceback.print_exc()
+        print(f"error: [{command}] unexpected {type(e).__name__}: {e}", flush=True)
+        return 1
+    print(json.dumps(summary, sort_keys=True, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""`make demo`: the whole Airflow DAG on the bundled sample, with embedded defaults.
+
+Generates the sample (real dump and WIT formats), serves its images over HTTP
+as a local mirror of upload.wikimedia.org (so the real download path runs),
+points Airflow (SQLite metadata DB, LocalExecutor) and MLflow (SQLite) at the
+state folder, runs ``airflow dags test wiki_topics`` and prints where each
+output is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.atomic import exists, read_json
+from pipeline.config import load_settings
+from pipeline.layout import Layout
+from pipeline.stages import ORDER, PROJECT_ROOT
+
+SAMPLE_DUMP_DATE = "20260101"
+DEMO_USER_AGENT = "wiki-image-topics-demo/0.1 (local sample mirror; no Wikimedia hosts) python-requests"
+
+
+def airflow_env(state_dir: str) -> dict[str, str]:
+    """Airflow's home, SQLite metadata database and LocalExecutor, all under the state folder."""
+    home = Path(state_dir).resolve() / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+    }
+
+
+def _airflow(args: list[str], env: dict[str, str]) -> None:
+    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, env=env, check=True)
+
+
+def run_demo(
+    overrides: dict[str, str] | None = None,
+    images: int = 3000,
+    categories: int = 2000,
+    seed: int = 0,
+    epochs: int | None = None,
+) -> dict:
+    from pipeline.sample import generator, server
+
+    overrides = dict(overrides or {})
+    settings = load_settings(overrides)
+    data_root = Path(settings.paths.data_root).resolve()
+    state_dir = Path(settings.paths.state_dir).resolve()
+    sample_dir = data_root / "sample"
+
+    marker = sample_dir / "sample.json"
+    wanted = {"images": images, "categories": categories, "seed": seed, "dump_date": SAMPLE_DUMP_DATE}
+    if not (marker.exists() and json.loads(marker.read_text()).get("args") == wanted):
+        summary = generator.generate_sample(
+            str(sample_dir), seed=seed, images=images, categories=categories, dump_date=SAMPLE_DUMP_DATE
+        )
+        marker.write_text(json.dumps({"args": wanted, "summary": summary}, default=str))
+
+    base_url, stop = server.serve(str(sample_dir / "images"))
+    env = {
+        **os.environ,
+        **airflow_env(str(state_dir)),
+        "DATA_ROOT": str(data_root),
+        "STATE_DIR": str(state_dir),
+        "DUMPS_DIR": str(sample_dir / "dumps"),
+        "WIT_DIR": str(sample_dir / "wit"),
+        "DUMP_DATE": SAMPLE_DUMP_DATE,
+        "WIKI_MIRROR_URL": base_url,
+        "USER_AGENT": DEMO_USER_AGENT,
+        # Offline machine: no ImageNet download; a small sample trains from scratch.
+        "WEIGHTS": os.environ.get("WEIGHTS", "none"),
+        "EPOCHS": str(epochs or os.environ.get("EPOCHS", 8)),
+        "BATCH_SIZE": os.environ.get("BATCH_SIZE", "64"),
+        "SHARD_SIZE": os.environ.get("SHARD_SIZE", "500"),
+        "WIKI_TOPICS_RETRIES": "0",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    if overrides:  # --set and shortcuts reach the stage processes too
+        env["PIPELINE_OVERRIDES"] = json.dumps(overrides)
+    try:
+        _airflow(["db", "migrate"], env)
+        _airflow(["dags", "test", "wiki_topics", "2026-01-01", "-c", json.dumps({"dump_date": SAMPLE_DUMP_DATE})], env)
+    finally:
+        stop()
+    return outputs(load_settings(overrides, environ=env))
+
+
+def outputs(settings) -> dict:
+    """Where each output of a run is, from the stage summaries the stages left behind."""
+    layout = Layout.from_settings(settings)
+    summaries = {}
+    for stage in ORDER:
+        path = layout.summary(stage)
+        if exists(path):
+            summaries[stage] = read_json(path)
+    train = summaries.get("train", {})
+    result = {
+        "data_root": layout.root,
+        "ingest": layout.ingest("categories").rsplit("/", 1)[0],
+        "graph": layout.category_depth,
+        "labels": layout.labels("file_labels"),
+        "wit_images": layout.wit_images,
+        "shards": layout.shards,
+        "manifest": layout.shard_manifest,
+        "predictions": layout.predictions,
+        "report": summaries.get("report", {}).get("report", layout.reports),
+        "mlflow_tracking_uri": settings.mlflow_uri,
+        "mlflow_run_id": train.get("run_id"),
+        "model_uri": train.get("model_uri"),
+        "test_macro_auc_pr": train.get("test_macro_auc_pr"),
+        "test_mean_prevalence": train.get("test_mean_prevalence"),
+        "beats_chance": train.get("beats_chance"),
+        "airflow_home": str(Path(settings.paths.state_dir).resolve() / "airflow"),
+    }
+    width = max(map(len, result))
+    print("\nwiki-image-topics demo outputs:")
+    for key, value in result.items():
+        print(f"  {key:<{width}}  {value}")
+    return result
