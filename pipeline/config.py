@@ -74,6 +74,22 @@ class ShardConfig:
     max_retries: int = _env("HTTP_MAX_RETRIES", 5)
     # Rewrites https://upload.wikimedia.org to a mirror (the demo's local server).
     mirror_url: str = _env("WIKI_MIRROR_URL", "")
+    # Download threads per shard task (requests still wait for a per-host slot).
+    download_threads: int = _env("DOWNLOAD_THREADS", 8)
+    # Lock files that make per_host_concurrency hold across all processes of a machine ("" = temp dir).
+    lock_dir: str = _env("HOST_LOCK_DIR", "")
+    backoff_s: float = _env("HTTP_BACKOFF_S", 1.0)
+    max_backoff_s: float = _env("HTTP_MAX_BACKOFF_S", 60.0)
+    # A Retry-After longer than this gives up on the image (recorded, retried by a later run).
+    max_retry_after_s: float = _env("HTTP_MAX_RETRY_AFTER_S", 300.0)
+    max_bytes: int = _env("MAX_DOWNLOAD_BYTES", 50_000_000)
+    # Decompression-bomb guard (pixels) and smallest usable source side.
+    max_pixels: int = _env("MAX_IMAGE_PIXELS", 64_000_000)
+    min_side: int = _env("MIN_IMAGE_SIDE", 16)
+    jpeg_quality: int = _env("JPEG_QUALITY", 90)
+    progress_every_s: float = _env("PROGRESS_EVERY_S", 30.0)
+    # Re-run: retry images that failed transiently (timeout, 429, 5xx...) in complete shards.
+    retry_transient: bool = _env("RETRY_TRANSIENT", True)
 
 
 @dataclass
@@ -89,8 +105,14 @@ class TrainConfig:
     learning_rate: float = _env("LEARNING_RATE", 1e-3)
     patience: int = _env("PATIENCE", 3)
     mixed_precision: bool = _env("MIXED_PRECISION", False)
+    # Keras policy used when mixed_precision is on: mixed_bfloat16 (CPU, A100/H100) or mixed_float16.
+    precision_policy: str = _env("MIXED_PRECISION_POLICY", "mixed_bfloat16")
+    # "flat" (sigmoid head) or "chmcnn" (C-HMCNN(h) max-constraint head + MCLoss; needs hierarchical labels).
+    head: str = _env("MODEL_HEAD", "flat")
     jit_compile: bool = _env("JIT_COMPILE", False)
     workers: int = _env("LOADER_WORKERS", 2)
+    # Loader workers as processes instead of threads (PIL decoding mostly releases the GIL anyway).
+    use_multiprocessing: bool = _env("LOADER_MULTIPROCESSING", False)
     seed: int = _env("SEED", 0)
 
 

@@ -1,0 +1,44 @@
+"""The CLI as users run it: help for every stage, clear errors for bad paths."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.stages import ORDER
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args, tmp_path):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STATE_DIR": str(tmp_path / "state"),
+             "DATA_ROOT": str(tmp_path / "data"), "SPARK_MASTER": "local[1]"},
+    )
+
+
+def test_every_stage_has_help(tmp_path):
+    for stage in ORDER + ["sample", "demo", "serve"]:
+        out = _run(stage, "--help", tmp_path=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "usage:" in out.stdout
+
+
+def test_config_prints_resolved_settings(tmp_path):
+    out = _run("config", "--dump-date", "20250101", "--set", "train.epochs=2", tmp_path=tmp_path)
+    settings = json.loads(out.stdout.strip().splitlines()[-1])
+    assert settings["paths"]["dump_date"] == "20250101" and settings["train"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("stage,missing", [("ingest", "page.sql.gz"), ("graph", "ingest/categories"),
+                                           ("wit", "wit")])
+def test_missing_input_names_stage_and_path(tmp_path, stage, missing):
+    out = _run(stage, "--dumps-dir", str(tmp_path / "nowhere"), "--wit-dir", str(tmp_path / "nowit"),
+               tmp_path=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"error: [{stage}]") and missing in last
+    assert not list((tmp_path / "data").rglob("*.parquet")), "nothing half-written"

@@ -1,0 +1,83 @@
+"""The whole Airflow DAG on a tiny sample, asserting on the real outputs it leaves."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from pipeline.demo import run_demo
+
+    root = tmp_path_factory.mktemp("e2e")
+    overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state")}
+    result = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=3)
+    return root, result
+
+
+def test_dag_run_produces_every_output(demo):
+    root, result = demo
+    for key in ["ingest", "graph", "labels", "wit_images", "shards", "manifest", "predictions", "report"]:
+        assert Path(result[key]).exists(), key
+    assert result["mlflow_run_id"]
+
+
+def test_tables_and_labels_of_fixture_files(demo):
+    import pyarrow.parquet as pq
+
+    root, result = demo
+    truth = json.loads((root / "data" / "sample" / "truth.json").read_text())
+    labels = pq.read_table(result["labels"]).to_pandas()
+    by_title = {r.file_title: list(r.labels_hier) for r in labels.itertuples()}
+    fixtures = [f for f in truth["fixture_files"]]
+    assert fixtures
+    for f in fixtures:
+        assert by_title.get(f["title"], []) == f["labels_hier"], f["title"]
+    depth = pq.read_table(result["graph"]).to_pandas().set_index("title")["depth"]
+    assert depth["CommonsRoot"] == 1
+
+
+def test_shards_are_readable_with_webdataset(demo):
+    import webdataset as wds
+
+    _, result = demo
+    tars = sorted(Path(result["shards"]).glob("*/shard-*.tar"))
+    assert tars
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode("rgb8"))
+    assert samples
+    meta = samples[0]["json"]
+    assert samples[0]["jpg"].shape == (64, 64, 3)
+    assert len(meta["multi_hot"]) == 31 and set(meta) >= {"file_title", "labels", "split"}
+
+
+def test_mlflow_run_has_test_metrics_and_model(demo):
+    import mlflow
+
+    root, result = demo
+    client = mlflow.MlflowClient(tracking_uri=result["mlflow_tracking_uri"])
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert "test_macro_auc_pr" in run.data.metrics
+    version = client.get_model_version_by_alias("wiki-image-topics", "challenger")
+    assert version.run_id == run.info.run_id
+
+
+def test_predictions_cover_every_image(demo):
+    import pyarrow.parquet as pq
+
+    from pipeline.taxonomy import Taxonomy
+
+    _, result = demo
+    predictions = pq.read_table(result["predictions"]).to_pandas()
+    images = pq.read_table(result["wit_images"]).to_pandas()
+    assert len(predictions) == len(images) == predictions["image_key"].nunique()
+    assert set(predictions["image_key"]) == set(images["image_key"])
+    for s in Taxonomy.load("v1.3").slugs:
+        assert f"p_{s}" in predictions.columns
+    ok = predictions[predictions["status"] == "ok"]
+    assert len(ok) > 0.8 * len(predictions)
+    assert ok["p_stem"].between(0, 1).all()
+    assert (~predictions["labeled"]).any(), "unlabeled images are predicted too"
