@@ -1,0 +1,110 @@
+"""Training and inference throughput (images/s) of the topic model, and of the shard loader alone.
+
+    KERAS_BACKEND=tensorflow python benchmarks/train_throughput.py --backbones B0,B2 --image-size 64 \
+        --batch-size 128 --steps 20 [--shards data/<date>/shards/v1.3/headJ+depth/train]
+
+Synthetic in-memory arrays always; with ``--shards`` (a split directory of
+``shard-*.tar``) also training from real shards and loader-only speed. The
+first epoch/call (tracing, compilation) is excluded from every timing. Prints
+one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _model(backbone, size, labels, lr, jit):
+    import keras
+
+    from training.losses import make_loss
+    from training.model import build_model
+
+    model = build_model(labels, backbone, "none", size)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=make_loss("bce"), jit_compile=jit)
+    return model
+
+
+def bench_synthetic(backbone, size, batch, steps, labels, jit) -> dict:
+    from training.model import predict_probs
+
+    rng = np.random.default_rng(0)
+    n = batch * steps
+    x = rng.integers(0, 256, (n, size, size, 3)).astype("float32")
+    y = (rng.random((n, labels)) < 0.1).astype("float32")
+    model = _model(backbone, size, labels, 1e-3, jit)
+    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # warm-up
+    t = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    train_ips = n / (time.perf_counter() - t)
+    predict_probs(model, x[:batch], batch)
+    t = time.perf_counter()
+    predict_probs(model, x, batch)
+    infer_ips = n / (time.perf_counter() - t)
+    return {"train_images_per_s": round(train_ips, 1), "predict_images_per_s": round(infer_ips, 1), "images": n}
+
+
+def bench_shards(split_dir, backbone, size, batch, steps, labels, hierarchical, workers, jit) -> dict:
+    from training import data
+
+    index = data.index_shards(data.shard_paths(split_dir), "bench", labels, hierarchical)
+    if len(index) == 0:
+        raise SystemExit(f"{split_dir}: no labeled samples")
+    ds = data.ShardBatches(index, batch, size, shuffle=True, workers=workers)
+    steps = min(steps, len(ds))
+    t = time.perf_counter()
+    seen = sum(len(ds[i][1]) for i in range(steps))  # decode + batch, single thread
+    loader_ips = seen / (time.perf_counter() - t)
+    model = _model(backbone, size, labels, 1e-3, jit)
+    model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # warm-up
+    t = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    train_ips = min(steps * ds.batch_size, len(index)) / (time.perf_counter() - t)
+    return {"loader_images_per_s": round(loader_ips, 1), "train_images_per_s": round(train_ips, 1), "samples": len(index)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbones", default="B0,B2")
+    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--labels", type=int, default=31)
+    ap.add_argument("--shards", default="", help="a split directory of shard-*.tar (optional)")
+    ap.add_argument("--flat", action="store_true", help="read multi_hot instead of multi_hot_hier")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--jit", action="store_true")
+    a = ap.parse_args(argv)
+
+    import keras
+
+    out = {
+        "backend": keras.backend.backend(),
+        "devices": [str(d) for d in keras.distribution.list_devices()],
+        "image_size": a.image_size,
+        "batch_size": a.batch_size,
+        "steps": a.steps,
+        "jit_compile": a.jit,
+        "synthetic": {},
+        "shards": {},
+    }
+    for backbone in [b.strip() for b in a.backbones.split(",") if b.strip()]:
+        out["synthetic"][backbone] = bench_synthetic(backbone, a.image_size, a.batch_size, a.steps, a.labels, a.jit)
+        if a.shards:
+            out["shards"][backbone] = bench_shards(
+                a.shards, backbone, a.image_size, a.batch_size, a.steps, a.labels, not a.flat, a.workers, a.jit
+            )
+    print(json.dumps(out, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""MLflow helpers: one configured tracking store, runs that never stay RUNNING.
+
+``configure`` points MLflow at ``settings.mlflow_uri`` (a SQLite file under the
+state dir by default) and makes sure the experiment stores its artifacts under
+``<state_dir>/mlartifacts`` rather than ``./mlruns`` in whatever directory the
+process happens to run in. ``start_run`` ends its run FAILED on any exception,
+Ctrl-C or SIGTERM (Airflow's way of killing a task), so the UI never shows a
+dead run as RUNNING and the registry code can trust a FINISHED status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from pipeline.config import Settings
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread by the SIGTERM handler; exit status 128 + signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"terminated by signal {self.signum}"
+
+
+def _is_local(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def artifact_root(settings: Settings) -> str:
+    return (Path(settings.paths.state_dir).resolve() / "mlartifacts").as_uri()
+
+
+def configure(settings: Settings):
+    """Set tracking/registry URI and experiment; returns the experiment id."""
+    import mlflow
+
+    uri = settings.mlflow_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = settings.tracking.experiment
+    client = mlflow.MlflowClient(uri, uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        kwargs = {}
+        if _is_local(uri):
+            root = Path(settings.paths.state_dir).resolve() / "mlartifacts" / name
+            root.mkdir(parents=True, exist_ok=True)
+            kwargs["artifact_location"] = root.as_uri()
+        try:
+            exp_id = client.create_experiment(name, **kwargs)
+        except Exception:  # created concurrently by another process
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def client(settings: Settings):
+    import mlflow
+
+    return mlflow.MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While inside, SIGTERM raises ``Terminated`` in the main thread (a no-op off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        # Further SIGTERMs must not interrupt the cleanup this one triggers.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def start_run(run_name: str | None = None, tags: dict | None = None, params: dict | None = None):
+    """An MLflow run that ends FINISHED only when the block completes; FAILED otherwise.
+
+    Any exception, KeyboardInterrupt or SIGTERM ends it FAILED (with the error
+    as the ``failure`` tag) and is re-raised. SIGKILL cannot be caught: such a
+    run stays RUNNING until ``fail_stale_runs`` marks it.
+    """
+    import mlflow
+
+    with sigterm_raises():
+        try:
+            # Inside the try: a signal landing just after the run was created still fails it
+            # (otherwise MLflow's atexit hook would end it FINISHED).
+            run = mlflow.start_run(run_name=run_name, tags=tags)
+            if params:
+                log_params(params)
+            yield run
+        except BaseException as e:
+            # Keep the original error: a broken tracking store must not mask it.
+            if mlflow.active_run() is not None:
+                with contextlib.suppress(Exception):
+                    mlflow.set_tag("failure", f"{type(e).__name__}: {e}"[:4000])
+                with contextlib.suppress(Exception):
+                    mlflow.end_run(status="FAILED")
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
+
+
+def fail_stale_runs(settings: Settings, run_ids) -> list[str]:
+    """Mark the given RUNNING runs FAILED (for a supervisor that SIGKILLed a trainer)."""
+    c = client(settings)
+    done = []
+    for run_id in run_ids:
+        if c.get_run(run_id).info.status == "RUNNING":
+            c.set_terminated(run_id, status="FAILED")
+            done.append(run_id)
+    return done
+
+
+def log_params(params: dict) -> None:
+    """Log params (stringified; MLflow caps values at 6000 characters)."""
+    import mlflow
+
+    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+
+def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> None:
+    """Log the finite numeric entries of ``metrics``."""
+    import math
+    import numbers
+
+    import mlflow
+
+    clean = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):  # numpy scalars are Real too
+            continue
+        if math.isfinite(float(v)):
+            clean[f"{prefix}{k}"] = float(v)
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_json_artifact(obj, name: str, artifact_path: str | None = None, run_id: str | None = None, settings=None) -> None:
+    """Write ``obj`` as JSON file ``name`` into the run's artifacts (the active run unless ``run_id``)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, name)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        log_artifact(path, artifact_path, run_id, settings)
+
+
+def log_text_artifact(text: str, name: str, artifact_path: str | None = None, run_id: str | None = None, settings=None) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        log_artifact(path, artifact_path, run_id, settings)
+
+
+def log_artifact(path: str, artifact_path: str | None = None, run_id: str | None = None, settings=None) -> None:
+    import mlflow
+
+    if run_id is None:
+        mlflow.log_artifact(path, artifact_path)
+    else:
+        c = client(settings) if settings is not None else mlflow.MlflowClient()
+        c.log_artifact(run_id, path, artifact_path)

@@ -1,0 +1,274 @@
+"""The train stage end to end on synthetic label-dependent shards (CPU, 32x32, B0 from scratch)."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import tracking
+from pipeline.config import load_settings
+from pipeline.errors import StageError
+from pipeline.layout import Layout
+from pipeline.taxonomy import Taxonomy
+from training import data, synthetic
+from training.pyfunc import load_predictor
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = {"train": 1024, "validation": 64, "threshold": 96, "test": 128}
+# What B0 from scratch needs to beat chance on CPU in one epoch: ~64 optimizer steps
+# (1024 images, batch 16, lr 2e-3). With 16 steps (512 images, batch 32) the BatchNorm
+# moving statistics are still near their initial values and validation/test scores are noise.
+TRAIN = {
+    "shard.image_size": "32",
+    "train.backbone": "B0",
+    "train.weights": "none",
+    "train.epochs": "1",
+    "train.batch_size": "16",
+    "train.learning_rate": "2e-3",
+    "train.workers": "1",
+    "train.loss": "weighted_bce",
+}
+
+
+def _settings(root: Path, **extra):
+    return load_settings(
+        {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"), **TRAIN, **extra}, environ={}
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    s = _settings(root)
+    synthetic.write_shards(s, SIZES, shard_size=100, unlabeled_every=10)
+    from training import train
+
+    summary = train.run(s)
+    return root, s, summary
+
+
+# ---------------------------------------------------------------- data loader
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    s = _settings(root)
+    synthetic.write_shards(s, {"train": 50, "test": 7}, shard_size=20, unlabeled_every=5)
+    return s
+
+
+def test_index_skips_unlabeled_and_picks_target(small_shards):
+    tax = Taxonomy.load("v1.3")
+    flat = data.split_index(small_shards, "train", len(tax.names), hierarchical=False)
+    hier = data.split_index(small_shards, "train", len(tax.names), hierarchical=True)
+    assert len(flat) == 40 and flat.unlabeled == 10 and len(flat.paths) == 3
+    # hierarchical targets are the flat ones closed under ancestors
+    for row_flat, row_hier in zip(flat.y, hier.y):
+        labels = [n for n, v in zip(tax.names, row_flat) if v]
+        assert row_hier.tolist() == tax.multi_hot(tax.with_ancestors(labels))
+    assert (hier.y.sum(1) > flat.y.sum(1)).all()
+
+
+def test_batches_shapes_shuffle_and_determinism(small_shards):
+    tax = Taxonomy.load("v1.3")
+    index = data.split_index(small_shards, "train", len(tax.names))
+    ds = data.ShardBatches(index, batch_size=16, image_size=32, seed=3)
+    assert len(ds) == 3
+    x, y = ds[0]
+    assert x.shape == (16, 32, 32, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
+    assert y.shape == (16, len(tax.names)) and y.dtype == np.float32
+    assert len({index.shard[r] for r in ds.order[:16]}) > 1  # shuffled across shards
+    first = ds.order.copy()
+    assert np.array_equal(first, data.ShardBatches(index, 16, 32, seed=3).order)
+    ds.on_epoch_end()
+    assert not np.array_equal(first, ds.order) and sorted(first) == sorted(ds.order)
+    # targets follow their images
+    rows = ds.order[:16]
+    x2, y2 = ds[0]
+    assert np.array_equal(y2, index.y[rows])
+    assert np.array_equal(x2, data.read_images(index, rows, 32).astype("float32"))
+    # concurrent loader threads read the same shards without mixing up bytes
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = data.ShardBatches(index, batch_size=4, image_size=32, seed=5)
+    expected = [small[i][0] for i in range(len(small))]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: small[i][0], list(range(len(small))) * 3))
+    for i, x_i in enumerate(got):
+        assert np.array_equal(x_i, expected[i % len(small)])
+    # (the race is rare under the GIL, so also check that each thread gets its own file object)
+    with ThreadPoolExecutor(2) as pool:
+        handles = list(pool.map(lambda _: (threading.get_ident(), id(data._handle(index.paths[0]))), range(50)))
+    assert len({h for _, h in handles}) == len({t for t, _ in handles})
+    # batch size is clipped to the split size
+    assert len(data.ShardBatches(index, 10_000, 32)) == 1
+
+
+def test_empty_and_missing_splits_are_clear_errors(small_shards, tmp_path):
+    with pytest.raises(StageError, match="missing shard directory"):
+        data.split_index(small_shards, "validation", 31)
+    layout = Layout.from_settings(small_shards)
+    Path(layout.shard_dir("threshold")).mkdir(parents=True)
+    with pytest.raises(StageError, match="no shard-"):
+        data.split_index(small_shards, "threshold", 31)
+    # a split with only unlabeled samples
+    s2 = _settings(tmp_path)
+    synthetic.write_shards(s2, {"test": 4}, unlabeled_every=1)
+    with pytest.raises(StageError, match="no labeled samples"):
+        data.split_index(s2, "test", 31)
+
+
+def test_malformed_sample_names_shard_and_key(tmp_path):
+    path = tmp_path / "shard-000000.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, payload in (("abc123.jpg", b"\xff\xd8"), ("abc123.json", b'{"labeled": true, "multi_hot": [1, 0]}'),
+                              ("def456.json", b'{"labeled": true}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(StageError, match=r"abc123.*multi_hot must be a list of 31") as e:
+        data.index_shards([str(path)], "train", 31, hierarchical=False)
+    assert str(path) in str(e.value)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_training_beats_chance_and_logs_everything(trained):
+    root, s, summary = trained
+    assert summary["n_train"] == SIZES["train"] - SIZES["train"] // 10 and summary["n_train_unlabeled"] == SIZES["train"] // 10
+    assert summary["beats_chance"], summary
+    assert summary["test_macro_auc_pr"] >= 2 * summary["test_mean_prevalence_positive_labels"]
+    assert summary["model_uri"] == "models:/wiki-image-topics/1" and summary["model_version"] == "1"
+    assert sorted(summary["aliases"]) == ["challenger", "champion"]
+    assert summary["train_images_per_s"] > 0 and summary["predict_images_per_s"] > 0
+
+    c = tracking.client(s)
+    run = c.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((root / "state" / "mlartifacts").as_uri())
+    assert len(c.get_metric_history(summary["run_id"], "val_loss")) == 1
+    assert run.data.metrics["test_macro_auc_pr"] == pytest.approx(summary["test_macro_auc_pr"])
+    assert run.data.params["train.backbone"] == "B0"
+    files = {f.path for f in c.list_artifacts(summary["run_id"])}
+    files |= {f.path for d in ("plots", "taxonomy") for f in c.list_artifacts(summary["run_id"], d)}
+    for name in ("thresholds.json", "per_label.csv", "summary.json", "history.json",
+                 "plots/pr_curves.png", "plots/thresholds.png", "taxonomy/v1.3.yaml", "taxonomy/taxonomy_version.txt"):
+        assert name in files, files
+    mv = c.get_model_version("wiki-image-topics", "1")
+    assert mv.tags["test_fingerprint"] == summary["test_fingerprint"]
+
+
+def test_pyfunc_predicts_from_bytes_and_arrays(trained):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    root, s, summary = trained
+    tracking.configure(s)
+    tax = Taxonomy.load("v1.3")
+    predictor = load_predictor("models:/wiki-image-topics@champion")
+    assert predictor.names == tax.names and predictor.image_size == 32
+
+    index = data.split_index(s, "test", len(tax.names))
+    x, y, _ = data.load_arrays(index, 32)
+    probs = predictor.predict_arrays(x[:20])
+    assert probs.shape == (20, len(tax.names)) and probs.dtype == np.float32
+    assert ((probs >= 0) & (probs <= 1)).all()
+    # any size is resized to the model's: same answer as resizing ourselves
+    big = np.stack([np.asarray(Image.fromarray(im).resize((48, 48))) for im in x[:4]])
+    assert predictor.predict_arrays(big).shape == (4, len(tax.names))
+
+    model = mlflow.pyfunc.load_model(summary["model_uri"])
+    encoded = []
+    for im in x[:5]:
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, format="PNG")
+        encoded.append(buf.getvalue())
+    out = model.predict(pd.DataFrame({"image": encoded}))
+    assert list(out.columns) == [f"p_{slug}" for slug in tax.slugs] + ["predicted"]
+    np.testing.assert_allclose(out.iloc[:, :-1].to_numpy(), probs[:5], atol=1e-5)  # PNG is lossless
+    for row, p in zip(out["predicted"], probs[:5]):
+        assert row == [n for n, v, t in zip(tax.names, p, predictor.thresholds) if v >= t]
+    out2 = model.unwrap_python_model().predict(None, x[:5])
+    np.testing.assert_allclose(out2.iloc[:, :-1].to_numpy(), probs[:5], atol=1e-5)
+
+
+def test_sigterm_ends_run_failed_and_moves_no_alias(trained, tmp_path):
+    root, s, summary = trained
+    c = tracking.client(s)
+    before = dict(c.get_registered_model("wiki-image-topics").aliases)
+    args = [f"--set={k}={v}" for k, v in {**TRAIN, "train.epochs": "50"}.items()]
+    args += [f"--set=paths.data_root={root / 'data'}", f"--set=paths.state_dir={root / 'state'}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    watchdog = threading.Timer(150, proc.kill)
+    watchdog.start()
+    log = []
+    try:
+        for line in proc.stdout:
+            log.append(line)
+            if "Epoch 1/" in line:  # training has started inside the MLflow run
+                threading.Timer(3, proc.send_signal, (signal.SIGTERM,)).start()
+        rc = proc.wait()
+    finally:
+        watchdog.cancel()
+    assert rc == 128 + signal.SIGTERM, "".join(log[-30:])
+    runs = c.search_runs([run_id_exp(c, s)], order_by=["attributes.start_time DESC"], max_results=1)
+    killed = runs[0]
+    assert killed.info.run_id != summary["run_id"]
+    assert killed.info.status == "FAILED"
+    assert "signal 15" in killed.data.tags["failure"]
+    assert dict(c.get_registered_model("wiki-image-topics").aliases) == before
+    assert len(c.search_model_versions("name='wiki-image-topics'")) == 1
+    assert not (tmp_path / "mlruns").exists()
+
+
+def run_id_exp(client, s):
+    return client.get_experiment_by_name(s.tracking.experiment).experiment_id
+
+
+# ---------------------------------------------------------------- model
+
+
+def test_model_options_head_and_roundtrip(tmp_path):
+    import keras
+
+    from training.model import build_model, predict_probs
+
+    tax = Taxonomy.load("v1.3")
+    r = tax.ancestor_matrix()
+    partial = build_model(31, "B0", "none", 32, trainable=5)
+    base = partial.layers[1]
+    assert [layer.trainable for layer in base.layers[-5:]] == [True] * 5
+    assert not any(layer.trainable for layer in base.layers[:-5])
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_model(31, "B9", "none", 32)
+
+    model = build_model(31, "B0", "none", 32, hierarchical_head=True, ancestor_matrix=r)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+    p = predict_probs(model, x)
+    for child in tax.names:
+        for anc in tax.ancestors(child):  # a parent is never less likely than its child
+            assert (p[:, tax.names.index(anc)] >= p[:, tax.names.index(child)] - 1e-7).all()
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(predict_probs(again, x), p, atol=1e-6)
+    weights = str(tmp_path / "w.weights.h5")
+    model.save_weights(weights)
+    from_file = build_model(31, "B0", weights, 32, hierarchical_head=True, ancestor_matrix=r)
+    np.testing.assert_allclose(predict_probs(from_file, x), p, atol=1e-6)
