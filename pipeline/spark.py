@@ -14,6 +14,8 @@ def get_spark(settings: Settings, app: str):
     # Executors must run the same interpreter (and so the same venv) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if settings.spark.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback
     builder = (
         SparkSession.builder.appName(f"wiki-image-topics:{app}")
         .master(settings.spark.master)
