@@ -1,0 +1,165 @@
+"""The published traversal heuristics as a small, plain recursive oracle.
+
+``spark_jobs/label_topics.py`` computes the same labels level by level over
+the whole graph; this module states the rules once, directly, on dicts in
+memory, so tests (and benchmarks) can check the Spark job against it. It is
+not meant for the full graph.
+
+A category's labels (flat: a seed gives only its own labels):
+  * not in the graph (red link) or no depth (not connected to the root): none;
+  * a seed category: its taxonomy labels, and the walk stops there;
+  * hidden, or its head is a number, a month, "Century", "Categories" or
+    "Category": none;
+  * otherwise the heuristics, in the configured order, each propose
+    categories to query; the labels are the union of theirs, and the first
+    heuristic that gives a non-empty set wins.
+Every proposal has a strictly smaller depth or is a seed, so the result does
+not depend on the order of the walk.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from pipeline.heads import find_head, is_null_head
+from pipeline.taxonomy import Taxonomy
+
+HEURISTICS = ("headJ", "lookahead", "depth")
+# Heads for which headJ queries the parent that repeats the head instead of
+# the category named by the head ("Genera" names no useful category).
+PARENT_HEADS = frozenset({"Genera", "Specimens", "Antagonists", "Births"})
+
+
+def parse_heuristics(spec: str) -> list[str]:
+    """'headJ+depth' -> ['headJ', 'depth']; an unknown name is a ValueError listing the valid ones."""
+    names = [h.strip() for h in str(spec).split("+")]
+    unknown = [h for h in names if h not in HEURISTICS]
+    if unknown or not names:
+        raise ValueError(
+            f"unknown heuristic(s) {unknown} in {spec!r}; valid: {', '.join(HEURISTICS)} (joined with '+')"
+        )
+    return names
+
+
+def shortened_matches(heads: list[str]) -> tuple[set[str], list[str]]:
+    """Head matching with shortening, as the original ``_head_matching``.
+
+    ``heads[0]`` is the category's head, the rest its parents' heads. While no
+    head occurs twice and some head has more than one word, the first word of
+    every longest head is dropped (and the rest capitalised). Returns the
+    heads that occur more than once at the end, and the shortened heads.
+    """
+    heads = list(heads)
+    while True:
+        seen: set[str] = set()
+        repeated: set[str] = set()
+        for h in heads:
+            if h in seen:
+                repeated.add(h)
+            seen.add(h)
+        if repeated:
+            return repeated, heads
+        longest = max(len(h.split()) for h in heads)
+        if longest <= 1:
+            return set(), heads
+        heads = [" ".join(h.split()[1:]).capitalize() if len(h.split()) == longest else h for h in heads]
+
+
+@dataclass
+class Traversal:
+    """Recursive, memoised labeling over an in-memory graph."""
+
+    depth: dict[str, int | None]  # every category page -> its depth (None: not connected)
+    hidden: dict[str, bool]
+    parents: dict[str, list[str]]  # child -> parent titles (red links included)
+    seeds: dict[str, list[str]]  # seed title -> flat labels
+    heuristics: list[str]
+    head: Callable[[str], str] = find_head
+    _memo: dict[str, frozenset] = field(default_factory=dict, repr=False)
+    _heads: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, categories: Iterable[tuple[str, bool, int | None]], edges: Iterable[tuple[str, str]],
+              taxonomy: Taxonomy, heuristics: str | list[str], head=find_head) -> "Traversal":
+        depth, hidden, parents = {}, {}, {}
+        for title, is_hidden, d in categories:
+            depth[title] = d
+            hidden[title] = bool(is_hidden)
+        for child, parent in edges:
+            parents.setdefault(child, [])
+            if parent not in parents[child]:
+                parents[child].append(parent)
+        hs = parse_heuristics(heuristics) if isinstance(heuristics, str) else list(heuristics)
+        return cls(depth, hidden, parents, taxonomy.seed_labels(hierarchical=False), hs, head)
+
+    def get_head(self, title: str) -> str:
+        if title not in self._heads:
+            self._heads[title] = self.head(title)
+        return self._heads[title]
+
+    def _depth(self, title: str):
+        return self.depth.get(title)
+
+    def propose(self, heuristic: str, title: str) -> list[str]:
+        """The categories a heuristic proposes to query next."""
+        d = self.depth[title]
+        parents = self.parents.get(title, [])
+        if heuristic == "depth":
+            return [p for p in parents if self._depth(p) is not None and self._depth(p) < d]
+        if heuristic == "lookahead":
+            return [p for p in parents if p in self.seeds]
+        if heuristic == "headJ":
+            heads = [self.get_head(title)] + [self.get_head(p) for p in parents]
+            repeated, short = shortened_matches(heads)
+            out = []
+            for h in sorted(repeated):
+                if h in PARENT_HEADS:
+                    # every parent carrying the head (the original took the
+                    # repeating one in the dump's parent order; this does not
+                    # depend on an order)
+                    targets = [p for p, ph in zip(parents, short[1:]) if ph == h]
+                else:
+                    targets = [h]
+                out += [t for t in targets if self._depth(t) is not None and self._depth(t) < d]
+            return out
+        raise ValueError(f"unknown heuristic {heuristic!r}; valid: {', '.join(HEURISTICS)}")
+
+    def labels(self, title: str) -> frozenset:
+        """Flat labels of one category."""
+        if title in self._memo:
+            return self._memo[title]
+        if self._depth(title) is None:  # red link or not connected
+            result = frozenset()
+        elif title in self.seeds:
+            result = frozenset(self.seeds[title])
+        elif self.hidden.get(title) or is_null_head(self.get_head(title)):
+            result = frozenset()
+        else:
+            result = frozenset()
+            for heuristic in self.heuristics:
+                found = set()
+                for nxt in self.propose(heuristic, title):
+                    found |= self.labels(nxt)
+                if found:
+                    result = frozenset(found)
+                    break
+        self._memo[title] = result
+        return result
+
+    def file_labels(self, categories: Iterable[str]) -> frozenset:
+        out: set[str] = set()
+        for c in categories:
+            out |= self.labels(c)
+        return frozenset(out)
+
+
+def _raise_recursion_limit() -> None:
+    # The walk goes down one depth level per call; Commons depth is < 100,
+    # but random test graphs may be deeper.
+    if sys.getrecursionlimit() < 10_000:
+        sys.setrecursionlimit(10_000)
+
+
+_raise_recursion_limit()

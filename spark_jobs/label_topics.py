@@ -1,0 +1,400 @@
+"""Stage ``label``: topic labels for every category and file, by the traversal heuristics.
+
+The rules are those of ``pipeline/traversal.py`` (the recursive oracle). Every
+query goes to a category of strictly smaller depth, or to a seed, so instead of
+recursing per category this job finishes whole depth levels in increasing
+order: the labels of depth d only need those of depths < d and of the seeds.
+Per level, one join of that level's proposals (all heuristics, with their rank)
+against the labels found so far, one ``bit_or`` per (category, heuristic) and
+one ``min_by`` over the rank pick the first heuristic with a non-empty result.
+The driver only loops over the (few dozen) depth values; no graph reaches it.
+
+Label sets travel as bit masks (bit i = i-th label in taxonomy order): a union
+is ``bit_or``, the hierarchical closure an OR of per-label ancestor masks, and
+the arrays are built once at the end, already in taxonomy order.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from pipeline.atomic import write_json, write_spark
+from pipeline.config import Settings
+from pipeline.errors import StageError, require_input
+from pipeline.heads import NULL_HEADS, P_NUMBER, head_column
+from pipeline.layout import Layout
+from pipeline.taxonomy import Taxonomy
+from pipeline.traversal import PARENT_HEADS, parse_heuristics
+
+STAGE = "label"
+log = logging.getLogger(__name__)
+
+DEPTH_COLUMNS = ("title", "hidden", "depth")
+EDGE_COLUMNS = ("child", "parent")
+FILE_COLUMNS = ("file_id", "file_title", "category")
+
+
+class MissingSeedsWarning(UserWarning):
+    pass
+
+
+# ----------------------------------------------------------------- label masks
+
+
+def _check_size(taxonomy: Taxonomy) -> None:
+    if len(taxonomy.names) > 63:
+        raise ValueError(f"taxonomy {taxonomy.version} has {len(taxonomy.names)} labels; label masks hold at most 63")
+
+
+def _ancestor_masks(taxonomy: Taxonomy) -> list[int]:
+    index = {n: i for i, n in enumerate(taxonomy.names)}
+    return [sum(1 << index[a] for a in taxonomy.ancestors(n)) for n in taxonomy.names]
+
+
+def _seed_masks(taxonomy: Taxonomy) -> dict[str, int]:
+    index = {n: i for i, n in enumerate(taxonomy.names)}
+    return {seed: sum(1 << index[n] for n in labels) for seed, labels in taxonomy.seed_labels(hierarchical=False).items()}
+
+
+def _bit(i):
+    """2**i as a long Column (shiftleft takes only a Python int shift)."""
+    from pyspark.sql import functions as F
+
+    return F.pow(F.lit(2), i).cast("long")
+
+
+def _has(mask_col, i):
+    return mask_col.bitwiseAND(_bit(i)) != 0
+
+
+def mask_to_labels(mask_col, taxonomy: Taxonomy):
+    """A label mask -> the label names, in taxonomy order (built-ins only)."""
+    from pyspark.sql import functions as F
+
+    names = F.array(*[F.lit(n) for n in taxonomy.names])
+    return F.filter(
+        F.transform(F.sequence(F.lit(0), F.lit(len(taxonomy.names) - 1)),
+                    lambda i: F.when(_has(mask_col, i), F.element_at(names, i + 1))),
+        lambda x: x.isNotNull(),
+    )
+
+
+def hier_mask(mask_col, taxonomy: Taxonomy):
+    """Close a label mask under ancestors."""
+    from pyspark.sql import functions as F
+
+    anc = F.array(*[F.lit(m).cast("long") for m in _ancestor_masks(taxonomy)])
+    return F.aggregate(
+        F.sequence(F.lit(0), F.lit(len(taxonomy.names) - 1)),
+        F.lit(0).cast("long"),
+        lambda acc, i: acc.bitwiseOR(
+            F.when(_has(mask_col, i), F.element_at(anc, i + 1)).otherwise(F.lit(0).cast("long"))
+        ),
+    )
+
+
+def labels_to_mask(labels_col, taxonomy: Taxonomy):
+    """Label names -> a mask (unknown names are ignored)."""
+    from pyspark.sql import functions as F
+
+    index = F.create_map(*[x for i, n in enumerate(taxonomy.names) for x in (F.lit(n), F.lit(i))])
+    return F.aggregate(
+        F.coalesce(labels_col, F.array().cast("array<string>")),
+        F.lit(0).cast("long"),
+        lambda acc, l: acc.bitwiseOR(F.coalesce(_bit(F.element_at(index, l)), F.lit(0).cast("long"))),
+    )
+
+
+# ----------------------------------------------------------------- proposals
+
+
+def _head_match_proposals(members):
+    """headJ proposals of every pending category, as DataFrame ops.
+
+    The original shortening loop (drop the first word of the longest heads
+    until some head repeats) stops at the largest length L at which two of
+    the heads cut to their last min(words, L) words are equal; so every L from
+    1 to the longest head is tried at once and the largest L with a repeat
+    kept. ``members``: (child, member, is_self, member_head, member_depth).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import Window
+
+    m = members.withColumn("words", F.split("member_head", " "))
+    m = m.withColumn("n", F.size("words"))
+    m = m.withColumn("max_n", F.max("n").over(Window.partitionBy("child")))
+    m = m.withColumn("L", F.explode(F.sequence(F.lit(1), F.col("max_n"))))
+    key_words = F.slice("words", F.greatest(F.lit(1), F.col("n") - F.col("L") + 1), F.col("L"))
+    key = F.array_join(key_words, " ")
+    m = m.withColumn("key", F.concat(F.upper(F.substring(key, 1, 1)), F.lower(F.substring(key, 2, 1 << 30))))
+    counts = m.groupBy("child", "L", "key").agg(F.count(F.lit(1)).alias("c"))
+    dup = counts.where("c >= 2")
+    best = dup.groupBy("child").agg(F.max("L").alias("L"))
+    matched = dup.join(best, ["child", "L"]).select("child", "L", "key")
+    return matched, m
+
+
+def _proposals(spark, cats, edges, heuristics: list[str], parent_heads=PARENT_HEADS):
+    """(child, target, rank) for every pending category and heuristic (rank = position in the order)."""
+    from pyspark.sql import functions as F
+
+    pending = cats.where("status = 'pending'").select("title", "depth", "head")
+    info = cats.select(
+        F.col("title").alias("parent"), F.col("depth").alias("parent_depth"), F.col("is_seed").alias("parent_is_seed")
+    )
+    e = (
+        edges.join(pending.select(F.col("title").alias("child"), F.col("depth").alias("child_depth")), "child")
+        .join(info, "parent", "left")
+    )
+    out = []
+    for rank, h in enumerate(heuristics):
+        if h == "depth":
+            p = e.where(F.col("parent_depth") < F.col("child_depth")).select("child", F.col("parent").alias("target"))
+        elif h == "lookahead":
+            p = e.where(F.col("parent_is_seed")).select("child", F.col("parent").alias("target"))
+        elif h == "headJ":
+            heads = cats.select(F.col("title").alias("member"), F.col("head").alias("member_head"))
+            parent_members = (
+                e.select("child", F.col("parent").alias("member"), "parent_depth")
+                .join(heads, "member", "left")
+            )
+            # red-link parents are not in cats: compute their heads here
+            parent_members = parent_members.withColumn(
+                "member_head", F.coalesce(F.col("member_head"), head_column(F.col("member")))
+            )
+            self_members = pending.select(
+                F.col("title").alias("child"), F.col("title").alias("member"), F.lit(None).cast("int").alias("parent_depth"),
+                F.col("head").alias("member_head"),
+            )
+            members = parent_members.select("child", "member", "parent_depth", "member_head").unionByName(self_members)
+            matched, m = _head_match_proposals(members)
+            depth_of = pending.select(F.col("title").alias("child"), F.col("depth").alias("child_depth"))
+            plain = matched.where(~F.col("key").isin(list(parent_heads)))
+            jump = (
+                plain.join(cats.select(F.col("title").alias("key"), F.col("depth").alias("target_depth")), "key")
+                .join(depth_of, "child")
+                .where(F.col("target_depth") < F.col("child_depth"))
+                .select("child", F.col("key").alias("target"))
+            )
+            special = matched.where(F.col("key").isin(list(parent_heads)))
+            via_parent = (
+                special.join(m.where(F.col("member") != F.col("child")).select("child", "L", "key", "member", "parent_depth"),
+                             ["child", "L", "key"])
+                .join(depth_of, "child")
+                .where(F.col("parent_depth") < F.col("child_depth"))
+                .select("child", F.col("member").alias("target"))
+            )
+            p = jump.unionByName(via_parent)
+        else:  # parse_heuristics already refused it
+            raise ValueError(h)
+        out.append(p.withColumn("rank", F.lit(rank)))
+    props = out[0]
+    for p in out[1:]:
+        props = props.unionByName(p)
+    return props.distinct()
+
+
+# ----------------------------------------------------------------- public API
+
+
+def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics):
+    """(title, depth, mask) for every category of depth_df; flat labels as a mask."""
+    from pyspark.sql import functions as F
+
+    _check_size(taxonomy)
+    hs = parse_heuristics(heuristics) if isinstance(heuristics, str) else list(heuristics)
+    seeds = spark.createDataFrame(list(_seed_masks(taxonomy).items()), "title string, seed_mask long")
+    nodes = depth_df.select("title", F.coalesce(F.col("hidden"), F.lit(False)).alias("hidden"), "depth").dropDuplicates(["title"])
+    cats = nodes.join(F.broadcast(seeds), "title", "left").withColumn("head", head_column(F.col("title")))
+    null_head = F.col("head").rlike(P_NUMBER) | F.col("head").isin(sorted(NULL_HEADS))
+    cats = cats.withColumn("is_seed", F.col("seed_mask").isNotNull()).withColumn(
+        "status",
+        F.when(F.col("depth").isNull(), "none")
+        .when(F.col("is_seed"), "seed")
+        .when(F.col("hidden") | null_head, "none")
+        .otherwise("pending"),
+    ).localCheckpoint()
+    edges = edges_df.select("child", "parent").where("child is not null and parent is not null").distinct()
+    props = _proposals(spark, cats, edges, hs).join(
+        cats.select(F.col("title").alias("child"), F.col("depth").alias("child_depth")), "child"
+    ).localCheckpoint()
+
+    known = cats.where("status = 'seed' and depth is not null").select("title", F.col("seed_mask").alias("mask"))
+    known = known.localCheckpoint()
+    levels = [r[0] for r in cats.where("status = 'pending'").select("depth").distinct().orderBy("depth").collect()]
+    for d in levels:
+        level = (
+            props.where(F.col("child_depth") == d)
+            .join(known.select(F.col("title").alias("target"), "mask"), "target")
+            .groupBy("child", "rank").agg(F.expr("bit_or(mask)").alias("mask"))
+            .groupBy("child").agg(F.min_by("mask", "rank").alias("mask"))
+            .select(F.col("child").alias("title"), "mask")
+        )
+        known = known.unionByName(level).localCheckpoint()
+    return (
+        cats.select("title", "depth").join(known, "title", "left")
+        .select("title", "depth", F.coalesce(F.col("mask"), F.lit(0).cast("long")).alias("mask"))
+    )
+
+
+def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics) -> "DataFrame":
+    """Labels of every category: ``title, depth, labels, labels_hier`` (taxonomy order).
+
+    ``depth_df`` needs ``title, hidden, depth``; ``edges_df`` ``child, parent``;
+    ``heuristics`` is e.g. ``"headJ+depth"`` or a list of names.
+    """
+    masks = _category_masks(spark, depth_df, edges_df, taxonomy, heuristics)
+    return _with_label_arrays(masks, taxonomy).select("title", "depth", "labels", "labels_hier")
+
+
+def _with_label_arrays(df, taxonomy: Taxonomy):
+    from pyspark.sql import functions as F
+
+    return df.withColumn("labels", mask_to_labels(F.col("mask"), taxonomy)).withColumn(
+        "labels_hier", mask_to_labels(hier_mask(F.col("mask"), taxonomy), taxonomy)
+    )
+
+
+def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
+    """Labels of every file of file_links: the union of its categories' labels.
+
+    ``file_id, file_title, labels, labels_hier``; a file whose categories give
+    nothing (red links, unconnected, unlabeled) has empty arrays.
+    """
+    from pyspark.sql import functions as F
+
+    cat_masks = category_labels_df.select(
+        F.col("title").alias("category"), labels_to_mask(F.col("labels"), taxonomy).alias("mask")
+    )
+    files = (
+        file_links_df.select("file_id", "file_title", "category")
+        .join(cat_masks, "category", "left")
+        .groupBy("file_id", "file_title")
+        .agg(F.expr("bit_or(coalesce(mask, 0L))").alias("mask"))
+    )
+    return _with_label_arrays(files, taxonomy).select("file_id", "file_title", "labels", "labels_hier")
+
+
+# ----------------------------------------------------------------- statistics
+
+
+def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> dict:
+    """Label statistics of a file_labels table, computed by Spark aggregations.
+
+    images per label, labels per image (mean), share of positive labels
+    (positives / (files x labels)), meanIR (mean over present labels of
+    IRLbl = max count / count), SCUMBLE (Charte et al. 2014: mean over
+    labeled files of 1 - geometric mean / arithmetic mean of their labels'
+    IRLbl), share of files with no label.
+    """
+    from pyspark.sql import functions as F
+
+    names = taxonomy.names
+    df = file_labels_df.select(labels_to_mask(F.col(column), taxonomy).alias("m"))
+    aggs = [F.count(F.lit(1)).alias("n"), F.sum(F.when(F.col("m") == 0, 1).otherwise(0)).alias("unlabeled"),
+            F.sum(F.bit_count("m")).alias("positives")]
+    aggs += [F.sum(F.shiftright("m", i).bitwiseAND(F.lit(1))).alias(f"c{i}") for i in range(len(names))]
+    row = df.agg(*aggs).first()
+    n = int(row["n"] or 0)
+    counts = {name: int(row[f"c{i}"] or 0) for i, name in enumerate(names)}
+    present = [c for c in counts.values() if c > 0]
+    max_count = max(present) if present else 0
+    ir = [max_count / counts[nm] if counts[nm] > 0 else 0.0 for nm in names]
+    stats = {
+        "files": n,
+        "images_per_label": counts,
+        "labels_per_image_mean": (int(row["positives"] or 0) / n) if n else 0.0,
+        "positive_share": (int(row["positives"] or 0) / (n * len(names))) if n else 0.0,
+        "meanIR": (sum(max_count / c for c in present) / len(present)) if present else None,
+        "labels_absent": [nm for nm in names if counts[nm] == 0],
+        "unlabeled_share": (int(row["unlabeled"] or 0) / n) if n else 0.0,
+    }
+    if present:
+        irs = F.array(*[F.lit(x) for x in ir])
+        idx = F.filter(F.sequence(F.lit(0), F.lit(len(names) - 1)), lambda i: _has(F.col("m"), i))
+        vals = F.transform(idx, lambda i: F.element_at(irs, i + 1))
+        k = F.size(vals)
+        log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
+        lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
+        scumble = F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k)
+        s = df.where("m != 0").agg(F.avg(scumble).alias("s")).first()["s"]
+        stats["SCUMBLE"] = float(s) if s is not None else None
+    else:
+        stats["SCUMBLE"] = None
+    return stats
+
+
+# ----------------------------------------------------------------- stage
+
+
+def _read(spark, path: str, columns, what: str):
+    require_input(STAGE, path, what)
+    try:
+        df = spark.read.parquet(path)
+    except Exception as e:  # unreadable Parquet
+        raise StageError(STAGE, path, f"cannot read {what}: {e}") from e
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise StageError(STAGE, path, f"{what} lacks column(s) {missing} (has {df.columns})")
+    return df
+
+
+def missing_seeds(spark, depth_df, taxonomy: Taxonomy) -> list[str]:
+    """Seed categories of the taxonomy that are not category pages of the graph."""
+    from pyspark.sql import functions as F
+
+    seeds = spark.createDataFrame([(s,) for s in taxonomy.seed_labels()], "title string")
+    present = {r[0] for r in seeds.join(depth_df.select("title"), "title").distinct().collect()}
+    return sorted(s for s in taxonomy.seed_labels() if s not in present)
+
+
+def run(settings: Settings) -> dict:
+    from pipeline.spark import get_spark
+
+    layout = Layout.from_settings(settings)
+    taxonomy = Taxonomy.load(settings.label.taxonomy)
+    heuristics = parse_heuristics(settings.label.heuristics)
+    spark = get_spark(settings, STAGE)
+    depth_df = _read(spark, layout.category_depth, DEPTH_COLUMNS, "graph/category_depth")
+    edges_df = _read(spark, layout.ingest("category_edges"), EDGE_COLUMNS, "ingest/category_edges")
+    links_df = _read(spark, layout.ingest("file_links"), FILE_COLUMNS, "ingest/file_links")
+
+    missing = missing_seeds(spark, depth_df, taxonomy)
+    if missing:
+        warnings.warn(f"[{STAGE}] taxonomy {taxonomy.version} seed categories not in the graph: {missing}",
+                      MissingSeedsWarning, stacklevel=2)
+    root_rows = depth_df.where(depth_df.title == settings.label.root).select("depth").collect()
+    if not root_rows or root_rows[0][0] is None:
+        raise StageError(STAGE, layout.category_depth, f"root category {settings.label.root!r} has no depth")
+
+    n = settings.spark.shuffle_partitions
+    cats = label_categories(spark, depth_df, edges_df, taxonomy, heuristics)
+    cat_path = write_spark(cats.repartition(n, "title").sortWithinPartitions("title"), layout.labels("category_labels"))
+    cats = spark.read.parquet(cat_path)
+    files = label_files(links_df, cats, taxonomy)
+    file_path = write_spark(files.repartition(n, "file_id").sortWithinPartitions("file_id"), layout.labels("file_labels"))
+    files = spark.read.parquet(file_path)
+
+    stats = {
+        "taxonomy": taxonomy.version,
+        "heuristics": "+".join(heuristics),
+        "labels": taxonomy.names,
+        "flat": label_stats(files, taxonomy, "labels"),
+        "hierarchical": label_stats(files, taxonomy, "labels_hier"),
+        "categories": cats.count(),
+        "categories_labeled": cats.where("size(labels) > 0").count(),
+        "missing_seeds": missing,
+    }
+    stats_path = write_json(layout.labels("stats.json"), stats)
+    return {
+        "stage": STAGE,
+        "category_labels": cat_path,
+        "file_labels": file_path,
+        "stats": stats_path,
+        "categories": stats["categories"],
+        "categories_labeled": stats["categories_labeled"],
+        "files": stats["flat"]["files"],
+        "files_unlabeled_share": stats["flat"]["unlabeled_share"],
+        "missing_seeds": missing,
+    }

@@ -1,0 +1,167 @@
+"""Stage `label`: Spark labels == the recursive oracle, on random graphs and the real subgraph."""
+
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from pipeline.config import load_settings
+from pipeline.errors import StageError
+from pipeline.layout import Layout
+from pipeline.taxonomy import Taxonomy
+from pipeline.traversal import Traversal
+from spark_jobs import label_topics
+
+TAX = Taxonomy.load("v1.3")
+REAL = Path(__file__).parent / "data" / "commons_realgraph"
+
+# Names that make every rule fire: seeds, shared heads at several lengths,
+# numbers and months (null heads), the parent-query heads.
+NOUNS = ["Maps", "Flags", "Art", "History", "Churches", "Paintings", "Plantae", "Architecture", "Specimens",
+         "Births", "Genera", "Portrait painters", "Painters", "Women", "Transport", "Logos"]
+MODS = ["Old", "Portrait", "Oil", "1850", "January", "English"]
+PLACES = ["France", "Spain"]
+
+
+@st.composite
+def graphs(draw):
+    titles = set()
+    for _ in range(draw(st.integers(4, 14))):
+        form = draw(st.integers(0, 3))
+        noun = draw(st.sampled_from(NOUNS))
+        mod = draw(st.sampled_from(MODS))
+        place = draw(st.sampled_from(PLACES))
+        titles.add([noun, f"{mod} {noun.lower()}", f"{noun} of {place}", f"{mod} {noun.lower()} in {place}"][form])
+    titles = sorted(titles)
+    cats = [(t, draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()),
+             draw(st.one_of(st.none(), st.integers(1, 6)))) for t in titles]
+    targets = titles + ["Red link", "Maps of Nowhere"]
+    edges = draw(st.lists(st.tuples(st.sampled_from(titles), st.sampled_from(targets)), max_size=30))
+    return cats, edges
+
+
+def spark_vs_oracle(spark, cats, edges, heuristics):
+    depth_df = spark.createDataFrame(cats, "title string, hidden boolean, depth int")
+    edges_df = spark.createDataFrame(edges or [("x", "y")], "child string, parent string")
+    if not edges:
+        edges_df = edges_df.limit(0)
+    got = {r.title: (list(r.labels), list(r.labels_hier))
+           for r in label_topics.label_categories(spark, depth_df, edges_df, TAX, heuristics).collect()}
+    oracle = Traversal.build(cats, edges, TAX, heuristics)
+    want = {}
+    for t, _, _ in cats:
+        flat = [n for n in TAX.names if n in oracle.labels(t)]
+        want[t] = (flat, TAX.with_ancestors(flat))
+    return got, want
+
+
+@pytest.mark.parametrize("heuristics", ["depth", "headJ+depth", "headJ+lookahead+depth"])
+@hsettings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph=graphs())
+def test_random_graphs_match_the_oracle(spark, heuristics, graph):
+    cats, edges = graph
+    got, want = spark_vs_oracle(spark, cats, edges, heuristics)
+    assert got == want
+
+
+def test_handmade_graph_labels(spark):
+    cats = [("Churches in Belgium", False, 6), ("Churches by country", False, 5), ("Churches", False, 3),
+            ("Architecture", False, 2), ("History", False, 2), ("Hidden", True, 4), ("Plantae", False, None)]
+    edges = [("Churches in Belgium", "Churches by country"), ("Churches", "Architecture"),
+             ("Churches by country", "History"), ("Churches in Belgium", "Hidden")]
+    got, want = spark_vs_oracle(spark, cats, edges, "headJ+depth")
+    assert got == want
+    assert got["Churches in Belgium"] == (["Architecture"], ["Places", "Architecture"])
+    assert got["Plantae"] == ([], [])  # a seed with no depth gives nothing
+
+
+def test_unknown_heuristic(spark):
+    df = spark.createDataFrame([("A", False, 1)], "title string, hidden boolean, depth int")
+    with pytest.raises(ValueError, match="valid: headJ, lookahead, depth"):
+        label_topics.label_categories(spark, df, df.selectExpr("title as child", "title as parent"), TAX, "headX")
+
+
+def settings_for(root, dumps=REAL / "current", **extra):
+    over = {"spark.master": "local[2]", "spark.shuffle_partitions": "4", "paths.dumps_dir": str(dumps),
+            "paths.dump_date": "20220220", "paths.data_root": str(root), "paths.state_dir": str(root / "state")}
+    over.update(extra)
+    return load_settings(over)
+
+
+def test_missing_inputs_are_a_stage_error(tmp_path):
+    with pytest.raises(StageError) as e:
+        label_topics.run(settings_for(tmp_path))
+    assert e.value.stage == "label" and "category_depth" in e.value.path
+
+
+def test_run_on_tiny_tables_warns_about_missing_seeds(spark, tmp_path):
+    s = settings_for(tmp_path)
+    layout = Layout.from_settings(s)
+    spark.createDataFrame([(1, "CommonsRoot", False, False, 1), (2, "Maps", False, False, 2), (3, "Old maps", False, False, 3)],
+                          "page_id long, title string, hidden boolean, is_redirect boolean, depth int"
+                          ).write.parquet(layout.category_depth)
+    spark.createDataFrame([(2, "Maps", "CommonsRoot"), (3, "Old maps", "Maps")], "child_id long, child string, parent string"
+                          ).write.parquet(layout.ingest("category_edges"))
+    spark.createDataFrame([(10, "A.jpg", "Old maps"), (11, "B.jpg", "Red link"), (10, "A.jpg", "CommonsRoot")],
+                          "file_id long, file_title string, category string").write.parquet(layout.ingest("file_links"))
+    with pytest.warns(label_topics.MissingSeedsWarning, match="Plantae"):
+        summary = label_topics.run(s)
+    assert "Plantae" in summary["missing_seeds"] and "Maps" not in summary["missing_seeds"]
+    files = {r.file_title: (list(r.labels), list(r.labels_hier)) for r in spark.read.parquet(summary["file_labels"]).collect()}
+    assert files == {"A.jpg": (["Maps & Flags"], ["Places", "Maps & Flags"]), "B.jpg": ([], [])}
+    stats = json.loads(Path(summary["stats"]).read_text())
+    assert stats["flat"]["files"] == 2 and stats["flat"]["unlabeled_share"] == 0.5
+    assert stats["flat"]["images_per_label"]["Maps & Flags"] == 1
+    assert stats["hierarchical"]["images_per_label"]["Places"] == 1
+    assert stats["flat"]["meanIR"] == 1.0 and stats["flat"]["SCUMBLE"] == 0.0
+    assert stats["hierarchical"]["labels_per_image_mean"] == 1.0
+    assert "Plantae" in stats["missing_seeds"]
+
+
+@pytest.fixture(scope="module")
+def real_run(spark, tmp_path_factory):
+    """ingest + graph (other stages) + label on the real Commons subgraph."""
+    from spark_jobs import category_graph, ingest_dumps
+
+    root = tmp_path_factory.mktemp("realgraph")
+    s = settings_for(root)
+    ingest_dumps.run(s)
+    category_graph.run(s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", label_topics.MissingSeedsWarning)  # all v1.3 seeds are in this graph
+        summary = label_topics.run(s)
+    return s, summary
+
+
+def test_real_subgraph_spark_equals_oracle(spark, real_run):
+    s, summary = real_run
+    layout = Layout.from_settings(s)
+    depth = pd.read_parquet(layout.category_depth)
+    edges = pd.read_parquet(layout.ingest("category_edges"))
+    oracle = Traversal.build(
+        [(t, bool(h), None if pd.isna(d) else int(d)) for t, h, d in zip(depth.title, depth.hidden, depth.depth)],
+        zip(edges.child, edges.parent), TAX, "headJ+depth")
+    cats = pd.read_parquet(summary["category_labels"])
+    assert len(cats) == len(depth)
+    diff = [t for t, l in zip(cats.title, cats.labels) if list(l) != [n for n in TAX.names if n in oracle.labels(t)]]
+    assert diff == []
+
+
+def test_real_subgraph_reproduces_original_labels(real_run, report_metric, record_property):
+    s, summary = real_run
+    dev = pd.read_parquet(REAL / "dev_files_v1.3.parquet")
+    files = pd.read_parquet(summary["file_labels"])
+    links = pd.read_parquet(Layout.from_settings(s).ingest("file_links"))
+    assert set(files.file_id) == set(links.file_id)  # every file, labeled or not
+    m = dev.merge(files, left_on="id", right_on="file_id", how="left")
+    assert m.file_id.notna().all()
+    # labels_original are hierarchical (every label comes with its ancestors)
+    assert all(set(TAX.with_ancestors(l)) == set(l) for l in dev.labels_original)
+    exact = sum(set(a) == set(b) for a, b in zip(m.labels_original, m.labels_hier))
+    record_property("realgraph_exact_files", exact)
+    report_metric("label: files with exactly the original headJ+depth labels (real subgraph, v1.3)",
+                  f"{exact}/{len(dev)} = {exact / len(dev):.3f}")
+    assert exact / len(dev) >= 0.90
