@@ -104,6 +104,7 @@ class TrainConfig:
     epochs: int = _env("EPOCHS", 15)
     learning_rate: float = _env("LEARNING_RATE", 1e-3)
     patience: int = _env("PATIENCE", 3)
+    bn_momentum: float = _env("BN_MOMENTUM", 0.99)
     mixed_precision: bool = _env("MIXED_PRECISION", False)
     # Keras policy used when mixed_precision is on: mixed_bfloat16 (CPU, A100/H100) or mixed_float16.
     precision_policy: str = _env("MIXED_PRECISION_POLICY", "mixed_bfloat16")

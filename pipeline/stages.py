@@ -68,20 +68,20 @@ def launch(stage: str, overrides: dict[str, str] | None = None, env: dict | None
         cmd, cwd=proc_env.get("PIPELINE_CWD", str(PROJECT_ROOT)), env=proc_env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
     )
-    last = ""
-    lines: list[str] = []
+    summary, lines = None, []
     assert proc.stdout is not None
     for line in proc.stdout:
         sys.stdout.write(line)
-        lines.append(line.rstrip("\n"))
-        if line.strip():
-            last = line.strip()
-        lines = lines[-50:]
+        lines = (lines + [line.rstrip("\n")])[-50:]
+        if line.startswith("{"):
+            try:
+                summary = json.loads(line)
+            except json.JSONDecodeError:
+                pass
     rc = proc.wait()
     if rc != 0:
         errors = [ln for ln in lines if ln.startswith("error:")]
-        raise StageFailed(f"stage {stage} exited {rc}: {errors[-1] if errors else lines[-1:] }")
-    try:
-        return json.loads(last)
-    except json.JSONDecodeError as e:
-        raise StageFailed(f"stage {stage} did not end with a JSON summary line: {last[:200]!r}") from e
+        raise StageFailed(f"stage {stage} exited {rc}: {errors[-1] if errors else lines[-1:]}")
+    if not isinstance(summary, dict):
+        raise StageFailed(f"stage {stage} printed no JSON summary line; last lines: {lines[-3:]}")
+    return summary

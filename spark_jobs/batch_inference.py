@@ -74,8 +74,6 @@ def predict_shards(batches, model_name: str, slugs: list[str], size: int, shards
     from pyspark import SparkFiles
 
     predictor = _predictor(SparkFiles.get(model_name))
-    thresholds = np.asarray(predictor.thresholds, dtype="float64")
-    names = list(predictor.label_names)
     for paths in batches:
         for shard in paths["shard"]:
             keys, meta, images = [], [], []
@@ -88,7 +86,7 @@ def predict_shards(batches, model_name: str, slugs: list[str], size: int, shards
                 out["image_key"] = keys
                 for j, s in enumerate(slugs):
                     out[f"p_{s}"] = probs[:, j]
-                out["predicted"] = [[names[j] for j in np.flatnonzero(row >= thresholds)] for row in probs]
+                out["predicted"] = predictor.predicted_labels(probs)
                 keys.clear(), meta.clear(), images.clear()
                 return out
 

@@ -148,7 +148,8 @@ def run(settings: Settings) -> dict:
             with scope:
                 try:
                     model = build_model(
-                        n_labels, t.backbone, t.weights, size, t.trainable, t.head == "chmcnn", ancestor
+                        n_labels, t.backbone, t.weights, size, t.trainable, t.head == "chmcnn", ancestor,
+                        bn_momentum=t.bn_momentum,
                     )
                 except Exception as e:
                     if t.weights == "imagenet":
