@@ -78,11 +78,18 @@ def run_demo(
         "DUMP_DATE": SAMPLE_DUMP_DATE,
         "WIKI_MIRROR_URL": base_url,
         "USER_AGENT": DEMO_USER_AGENT,
-        # Offline machine: no ImageNet download; a small sample trains from scratch.
+        # Offline machine: no ImageNet download. A few thousand images from scratch on a CPU
+        # learn best with small batches, a higher rate and faster BatchNorm statistics
+        # (measured: docs/benchmarks.md).
         "WEIGHTS": os.environ.get("WEIGHTS", "none"),
         "EPOCHS": str(epochs or os.environ.get("EPOCHS", 8)),
-        "BATCH_SIZE": os.environ.get("BATCH_SIZE", "64"),
+        "BATCH_SIZE": os.environ.get("BATCH_SIZE", "32"),
+        "LEARNING_RATE": os.environ.get("LEARNING_RATE", "0.002"),
+        "BN_MOMENTUM": os.environ.get("BN_MOMENTUM", "0.9"),
         "SHARD_SIZE": os.environ.get("SHARD_SIZE", "500"),
+        # The mirror is our own server on loopback, not Wikimedia: no need for their caps.
+        "PER_HOST_CONCURRENCY": os.environ.get("PER_HOST_CONCURRENCY", "8"),
+        "BANDWIDTH_BYTES_PER_S": os.environ.get("BANDWIDTH_BYTES_PER_S", "100000000"),
         "WIKI_TOPICS_RETRIES": "0",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
     }

@@ -224,6 +224,8 @@ def run(settings: Settings) -> dict:
                     "epochs_run": epochs_run,
                     "best_epoch": best_epoch,
                     "best_val_loss": float(min(val_losses)) if val_losses else float("nan"),
+                    "test_chance_auc_pr": chance,
+                    "test_beats_chance": float(beats_chance),
                 }
             )
             tracking.log_metrics({f"test_ap_{s}": v for s, v in zip(table["slug"], table["average_precision"])})
