@@ -62,7 +62,10 @@ class WitConfig:
 @dataclass
 class ShardConfig:
     image_size: int = _env("IMAGE_SIZE", 64)
-    thumb_width: int = _env("THUMB_WIDTH", 128)
+    # Requested thumbnail width; snapped up to the next of Wikimedia's standard thumbnail
+    # steps, since its CDN refuses other sizes (HTTP 429) since 2026.
+    thumb_width: int = _env("THUMB_WIDTH", 120)
+    thumbnail_steps: tuple = _env("THUMBNAIL_STEPS", (20, 40, 60, 120, 250, 330, 500, 960, 1280, 1920, 3840))
     originals: bool = _env("DOWNLOAD_ORIGINALS", False)
     shard_size: int = _env("SHARD_SIZE", 1000)
     user_agent: str = _env(

@@ -66,6 +66,12 @@ def rewrite_mirror(url: str, mirror_url: str) -> str:
     return url
 
 
+def standard_width(width: int, steps) -> int:
+    """The smallest standard thumbnail step at least ``width`` wide (the largest step if none is)."""
+    steps = sorted(int(w) for w in steps) if steps else []
+    return next((w for w in steps if w >= int(width)), steps[-1] if steps else int(width))
+
+
 def source_url(title: str, shard, mime_type: str | None = None, original_width: int | None = None) -> str:
     """The URL to fetch for a file: a ``thumb_width`` thumbnail, or the original.
 
@@ -73,10 +79,11 @@ def source_url(title: str, shard, mime_type: str | None = None, original_width: 
     thumbnail (Wikimedia refuses to upscale them); SVGs always render.
     """
     is_svg = (mime_type or "").startswith("image/svg") or title.lower().endswith(".svg")
-    if shard.originals or (not is_svg and original_width and original_width <= shard.thumb_width):
+    width = standard_width(shard.thumb_width, shard.thumbnail_steps)
+    if shard.originals or (not is_svg and original_width and original_width <= width):
         url = commons_url(title)
     else:
-        url = thumb_url(title, shard.thumb_width)
+        url = thumb_url(title, width)
     return rewrite_mirror(url, shard.mirror_url)
 
 

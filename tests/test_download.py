@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.config import load_settings
 from pipeline.download import (
+    standard_width,
     Downloader,
     check_user_agent,
     parse_retry_after,
@@ -178,8 +179,13 @@ def test_urls_and_mirror(tmp_path):
     s = shard_settings(tmp_path)
     url = source_url("Foo bar.jpg", s.shard, "image/jpeg", 4000)
     assert url.startswith("https://upload.wikimedia.org/wikipedia/commons/thumb/")
-    assert url.endswith("/Foo_bar.jpg/128px-Foo_bar.jpg")
-    assert source_url("Map.svg", s.shard, "image/svg+xml", 50).endswith("/Map.svg/128px-Map.svg.png")
+    assert url.endswith("/Foo_bar.jpg/120px-Foo_bar.jpg")
+    assert source_url("Map.svg", s.shard, "image/svg+xml", 50).endswith("/Map.svg/120px-Map.svg.png")
+    # a non-standard width is snapped up to Wikimedia's next standard thumbnail step
+    s.shard.thumb_width = 128
+    assert source_url("Foo bar.jpg", s.shard, "image/jpeg", 4000).endswith("/250px-Foo_bar.jpg")
+    assert standard_width(3841, s.shard.thumbnail_steps) == 3840 and standard_width(60, [120, 60]) == 60
+    s.shard.thumb_width = 120
     # a raster narrower than the thumbnail: the original (Wikimedia does not upscale)
     assert "/thumb/" not in source_url("Tiny.png", s.shard, "image/png", 100)
     s.shard.originals = True

@@ -237,19 +237,12 @@ def test_dumps_agree_with_truth(sample):
     for title, d in truth["depths"].items():
         assert depth.get(title) == d, title
 
+    # labels: the project's plain oracle of the traversal with the `depth` heuristic
+    from pipeline.traversal import Traversal
+
     tax = Taxonomy.load("v1.3")
-    seeds = tax.seed_labels()
-    parents = {}
-    for child, parent in edges:
-        parents.setdefault(child, set()).add(parent)
-    labels = {}
-    for title in sorted(depth, key=depth.get):
-        if title in seeds:
-            labels[title] = set(seeds[title])
-        else:
-            labels[title] = set().union(
-                *[labels.get(p, set()) for p in parents.get(title, ()) if depth.get(p) == depth[title] - 1]
-            )
+    oracle = Traversal.build([(t, t in hidden, depth.get(t)) for t in cats], edges, tax, "depth")
+    labels = {t: set(oracle.labels(t)) for t in cats}
     for entry in truth["categories"]:
         assert sorted(labels.get(entry["title"], set()), key=tax.names.index) == entry["labels_v1.3"], entry["title"]
     file_cats = {}

@@ -48,6 +48,7 @@ from pipeline.sample import images as imgs
 from pipeline.sample import mysqldump as md
 from pipeline.sample import names as nm
 from pipeline.sample.wit import WitWriter, hash_path, image_url, page_url
+from pipeline.heads import find_head, is_null_head
 from pipeline.taxonomy import Taxonomy
 
 TAXONOMIES = ("v1.3", "v1.4")
@@ -263,6 +264,11 @@ CAT_REDIRECT_EVERY, CAT_REDIRECT_AT = 293, 17
 FILE_REDIRECT_EVERY, FILE_REDIRECT_AT = 211, 7
 
 
+def _null_head(title: str) -> bool:
+    """The traversal gives no labels to a category whose head is a number, a month, Century..."""
+    return is_null_head(find_head(title))
+
+
 def _mask_labels(mask: int, names: list[str]) -> list[str]:
     return [n for i, n in enumerate(names) if mask >> i & 1]
 
@@ -470,7 +476,7 @@ class _Sample:
             for v in TAXONOMIES:
                 if title in self.seed_masks[v]:
                     masks[v][c] = self.seed_masks[v][title]
-                elif depth[c]:
+                elif depth[c] and "h" not in FIXTURE_CATEGORIES[c][2].split(",") and not _null_head(title):
                     for p in parents[c]:
                         if p >= 0 and depth[p] and depth[p] == depth[c] - 1:
                             masks[v][c] |= masks[v][p]
@@ -561,7 +567,7 @@ class _Sample:
                         parents.append(orphans[rng.randrange(len(orphans))])
             parents = list(dict.fromkeys(parents))
             depth, masks = self._derive(parents)
-            if branch == "_hidden":
+            if branch == "_hidden" or _null_head(title):
                 masks = {v: 0 for v in TAXONOMIES}
             c2 = self._add_category(depth, masks, t, k, branch, flags)
             assert c2 == c
