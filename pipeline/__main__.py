@@ -114,7 +114,13 @@ def main(argv=None) -> int:
             settings = load_settings(_overrides(args))
             summary = STAGES[command].load()(settings)
             summary = {"stage": command, "seconds": round(time.time() - started, 1), **summary}
-            write_json(Layout.from_settings(settings).summary(command), summary)
+            layout = Layout.from_settings(settings)
+            if not STAGES[command].own_mlflow_run:
+                from pipeline import tracking
+
+                files = {"stats.json": layout.labels("stats.json")} if command == "label" else None
+                summary["mlflow_run_id"] = tracking.log_stage(settings, command, summary, files)
+            write_json(layout.summary(command), summary)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         print(f"error: {e}", flush=True)

@@ -24,6 +24,8 @@ class Stage:
     name: str
     entry: str  # "module:function", called with Settings, returns a summary dict
     help: str
+    # train and report open MLflow runs of their own; the others get one from the CLI.
+    own_mlflow_run: bool = False
 
     def load(self):
         module, func = self.entry.split(":")
@@ -38,9 +40,9 @@ STAGES = {
         Stage("label", "spark_jobs.label_topics:run", "topic labels for categories and files"),
         Stage("wit", "spark_jobs.wit_images:run", "English Commons images of WIT, one row per image, split"),
         Stage("shard", "spark_jobs.shard_images:run", "download, resize and write WebDataset shards"),
-        Stage("train", "training.train:run", "train the classifier, log and register it in MLflow"),
+        Stage("train", "training.train:run", "train the classifier, log and register it in MLflow", True),
         Stage("infer", "spark_jobs.batch_inference:run", "topic distributions for all images"),
-        Stage("report", "spark_jobs.data_study:run", "HTML data-study report, logged to MLflow"),
+        Stage("report", "spark_jobs.data_study:run", "HTML data-study report, logged to MLflow", True),
     ]
 }
 

@@ -186,3 +186,35 @@ def log_artifact(path: str, artifact_path: str | None = None, run_id: str | None
     else:
         c = client(settings) if settings is not None else mlflow.MlflowClient()
         c.log_artifact(run_id, path, artifact_path)
+
+
+def flatten_numbers(obj, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested summary as MLflow metric names ``a.b.c`` (booleans as 0/1)."""
+    out: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out.update(flatten_numbers(value, f"{prefix}{key}."))
+    elif isinstance(obj, (bool, int, float)):
+        name = "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in prefix.rstrip("."))
+        out[name] = float(obj)
+    return out
+
+
+def log_stage(settings: Settings, stage: str, summary: dict, files: dict[str, str] | None = None) -> str:
+    """One MLflow run per data stage: its counts as metrics, its summary (and small files) as artifacts.
+
+    So every dump's ingest, graph, label, wit, shard and infer leave a trace beside the
+    training runs, searchable by the ``stage`` and ``dump_date`` tags.
+    """
+    configure(settings)
+    tags = {"stage": stage, "dump_date": settings.paths.dump_date, "taxonomy": settings.label.taxonomy,
+            "heuristics": settings.label.heuristics}
+    with start_run(run_name=f"{stage}-{settings.paths.dump_date}", tags=tags) as run:
+        log_metrics(flatten_numbers(summary))
+        log_json_artifact(summary, "summary.json", artifact_path=stage)
+        for name, path in (files or {}).items():
+            import fsspec
+
+            with fsspec.open(path, "r", encoding="utf-8") as f:
+                log_text_artifact(f.read(), name, artifact_path=stage)
+    return run.info.run_id

@@ -87,3 +87,19 @@ def test_predictions_cover_every_image(demo):
     assert len(ok) > 0.8 * len(predictions)
     assert ok["p_stem"].between(0, 1).all()
     assert (~predictions["labeled"]).any(), "unlabeled images are predicted too"
+
+
+def test_every_data_stage_is_tracked_in_mlflow(demo):
+    import mlflow
+
+    _, result = demo
+    client = mlflow.MlflowClient(tracking_uri=result["mlflow_tracking_uri"])
+    experiment = client.get_experiment_by_name("wiki-image-topics")
+    runs = client.search_runs([experiment.experiment_id])
+    by_stage = {r.data.tags.get("stage"): r for r in runs if r.data.tags.get("stage")}
+    assert set(by_stage) >= {"ingest", "graph", "label", "wit", "shard", "infer", "report"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert by_stage["shard"].data.metrics["ok"] > 0
+    assert by_stage["graph"].data.metrics["categories"] == 400
+    artifacts = [a.path for a in client.list_artifacts(by_stage["label"].info.run_id, "label")]
+    assert "label/stats.json" in artifacts
