@@ -23,8 +23,9 @@ Steps, each a regex:
      "memorials");
   5. drop trailing numbers and dots ("Leichtathletik Gala Linz 2018");
   6. keep the longest run of noun-like words at the end: a run stops at a
-     number, a determiner or an adjective (a word list plus suffix rules) that
-     is followed by a lower-case word ("Religious tower buildings" -> "Tower
+     number, a determiner or an adjective (a word list plus suffix rules; a
+     compound ending in a listed adjective, "61-year-old") that is followed
+     by a lower-case word ("Religious tower buildings" -> "Tower
      buildings"); a word followed by a capitalised word belongs to a name and
      is kept ("Native Americans").
 The result is capitalised as ``str.capitalize`` does (first letter upper,
@@ -91,7 +92,7 @@ NOT_ADJECTIVES = (
     "animal animals metal festival hospital capital canal terminal signal mineral "
     "memorial cathedral journal manual portal pedal rival crystal interval "
     "proposal arrival survival ritual mural coral petal total arsenal carnival "
-    "tribunal admiral general medal principal official sandal scandal funeral "
+    "tribunal admiral general medal principal sandal scandal funeral "
     "music clinic traffic magic mosaic republic topic fabric garlic picnic critic "
     "relic tunic mechanic cleric logic rhetoric arithmetic epic tonic tactic "
     "musician physician politician librarian civilian guardian historian comedian "
@@ -145,7 +146,10 @@ _ADJ_WORD = (
     r"(?:[0-9][0-9,.]*"  # a number ("1440 establishments"), not "1880s" nor "18th"
     + r"|(?:" + _alt(DETERMINERS + ADJECTIVES) + r")"
     + r"|" + _NOT_ADJ + r"[^ ]{2,}(?:al|ic|ous|ive|ian|ean|ese|ish|ist|ful|less|able|ible|ular)"
-    + r"|" + _NOT_ADJ + r"[^ ]{2,}ed"
+    # -ed, but not -eed: "speed", "feed", "breed" are nouns ("Speed limit road signs")
+    + r"|" + _NOT_ADJ + r"[^ ]+[^ e]ed"
+    # a compound ending in a listed adjective ("61-year-old deaths", "62-meter-tall buildings")
+    + r"|[^ ]+-(?:" + _alt(ADJECTIVES) + r")"
     + r")"
 )
 # 6. the run of noun-like words that ends the phrase: it starts after a space

@@ -40,6 +40,10 @@ def normalise_gold(head: str) -> str:
         ("Leichtathletik Gala Linz 2018", "Leichtathletik gala linz"),
         ("Maps_of_France", "Maps"),
         ("1834", "1834"),
+        ("Speed limit road signs in Pennsylvania", "Speed limit road signs"),  # -eed is not -ed
+        ("Official portraits of presidents of the United States", "Portraits"),
+        ("61-year-old deaths", "Deaths"),
+        ("Low-floor vehicles", "Low-floor vehicles"),  # a hyphenated noun compound stays
     ],
 )
 def test_examples(name, head):
@@ -69,13 +73,14 @@ def test_dev_set_accuracy(report_metric, record_property):
     acc = sum(p == g for p, g in zip(pred, gold)) / len(gold)
     record_property("heads_dev_accuracy", acc)
     report_metric("heads: exact-match accuracy on tests/data/heads_dev.tsv (5000 names)", f"{acc:.4f}")
-    assert acc >= 0.90
+    assert acc >= 0.91
 
 
 def test_spark_heads_equal_python(spark):
     from pyspark.sql import functions as F
 
-    names = list(load_dev().category) + ["Maps__of  France", "...", "(14) x", "Boys' schools by country", ""]
+    names = list(load_dev().category) + ["Maps__of  France", "...", "(14) x", "Boys' schools by country", "",
+                                    "SPEED limit signs", "Breed standards", "Official residences", "61-YEAR-OLD deaths"]
     df = spark.createDataFrame([(n,) for n in names], "name string").select("name", head_column(F.col("name")).alias("h"))
     got = {r.name: r.h for r in df.collect()}
     diff = [(n, got[n], find_head(n)) for n in names if got[n] != find_head(n)]

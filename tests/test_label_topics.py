@@ -164,4 +164,56 @@ def test_real_subgraph_reproduces_original_labels(real_run, report_metric, recor
     record_property("realgraph_exact_files", exact)
     report_metric("label: files with exactly the original headJ+depth labels (real subgraph, v1.3)",
                   f"{exact}/{len(dev)} = {exact / len(dev):.3f}")
-    assert exact / len(dev) >= 0.90
+    assert exact / len(dev) >= 0.91  # 142/155 measured
+
+
+# ----------------------------------------------------------------- bundled sample
+
+
+@pytest.fixture(scope="module")
+def sample_tables(spark, tmp_path_factory):
+    """A small generated sample, ingested and graphed once: {depth, edges, links: (Parquet path, pandas)}."""
+    from pipeline.sample.generator import generate_sample
+    from spark_jobs import category_graph, ingest_dumps
+
+    root = tmp_path_factory.mktemp("sample")
+    out = root / "sample"
+    generate_sample(str(out), seed=7, images=50, categories=600, with_images=False)
+    s = settings_for(root / "lake", dumps=out / "dumps", **{"paths.dump_date": "20260101"})
+    ingest_dumps.run(s)
+    category_graph.run(s)
+    layout = Layout.from_settings(s)
+    return {name: (path, pd.read_parquet(path)) for name, path in
+            [("depth", layout.category_depth), ("edges", layout.ingest("category_edges")),
+             ("links", layout.ingest("file_links"))]}
+
+
+@pytest.mark.parametrize("heuristics", ["depth", "headJ+depth", "headJ+lookahead+depth"])
+def test_sample_spark_equals_oracle(spark, sample_tables, heuristics):
+    """On the bundled sample (real dump format, realistic names): every category's and file's labels."""
+    (depth_path, depth), (edges_path, edges), (links_path, links) = (
+        sample_tables[k] for k in ("depth", "edges", "links"))
+    cats = [(t, bool(h), None if pd.isna(d) else int(d)) for t, h, d in zip(depth.title, depth.hidden, depth.depth)]
+    oracle = Traversal.build(cats, zip(edges.child, edges.parent), TAX, heuristics)
+
+    depth_df, edges_df, links_df = (spark.read.parquet(p) for p in (depth_path, edges_path, links_path))
+    cat_labels = label_topics.label_categories(spark, depth_df, edges_df, TAX, heuristics).localCheckpoint()
+    got_cats = {r.title: (list(r.labels), list(r.labels_hier)) for r in cat_labels.collect()}
+    got_files = {r.file_id: (list(r.labels), list(r.labels_hier))
+                 for r in label_topics.label_files(links_df, cat_labels, TAX).collect()}
+
+    def ordered(labels):
+        flat = [n for n in TAX.names if n in labels]
+        return flat, TAX.with_ancestors(flat)
+
+    want_cats = {t: ordered(oracle.labels(t)) for t, _, _ in cats}
+    by_file = links.groupby("file_id").category.apply(list)
+    want_files = {int(f): ordered(oracle.file_labels(c)) for f, c in by_file.items()}
+    assert len(got_cats) == len(set(depth.title)) and len(got_files) == links.file_id.nunique()
+    assert [t for t in want_cats if got_cats[t] != want_cats[t]] == []
+    assert [f for f in want_files if got_files[f] != want_files[f]] == []
+    # the comparison is not vacuous: most categories and files are labeled
+    assert sum(bool(v[0]) for v in want_cats.values()) > len(want_cats) / 2
+    assert sum(bool(v[0]) for v in want_files.values()) > len(want_files) / 2
+    if "headJ" in heuristics:  # and the head rule fires on the sample's names
+        assert sum(bool(oracle.propose("headJ", t)) for t, _, d in cats if d is not None) >= 10
