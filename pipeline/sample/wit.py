@@ -8,54 +8,27 @@ replaced by spaces, empty strings for missing captions, "true"/"false" flags.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
-from urllib.parse import quote
 
-COLUMNS = (
-    "language",
-    "page_url",
-    "image_url",
-    "page_title",
-    "section_title",
-    "hierarchical_section_title",
-    "caption_reference_description",
-    "caption_attribution_description",
-    "caption_alt_text_description",
-    "mime_type",
-    "original_height",
-    "original_width",
-    "is_main_image",
-    "attribution_passes_lang_id",
-    "page_changed_recently",
-    "context_page_description",
-    "context_section_description",
-)
+from pipeline.wit import COMMONS_PREFIX, UPLOAD_BASE, WIT_COLUMNS, encode_name, underscored
+from pipeline.wit import hash_path as _hash_dirs
 
-UPLOAD_HOST = "https://upload.wikimedia.org"
-# MediaWiki's wfUrlencode leaves these unescaped in paths.
-_SAFE = ";@$!*(),/~:"
-
-
-def db_key(title: str) -> str:
-    """'Kasteel van Gaasbeek 2019.jpg' -> 'Kasteel_van_Gaasbeek_2019.jpg' (MediaWiki's DB key)."""
-    return title.replace(" ", "_")
+COLUMNS = WIT_COLUMNS
+db_key = underscored  # MediaWiki's DB key: 'Kasteel van Gaasbeek.jpg' -> 'Kasteel_van_Gaasbeek.jpg'
 
 
 def hash_path(title: str) -> str:
     """'<a>/<ab>/<Name>' where a, ab are the first hex digits of md5(DB key), as MediaWiki stores uploads."""
-    key = db_key(title)
-    h = hashlib.md5(key.encode("utf-8")).hexdigest()
-    return f"{h[0]}/{h[:2]}/{key}"
+    return _hash_dirs(title) + db_key(title)
 
 
 def image_url(title: str, wiki: str = "commons") -> str:
-    a_ab, key = hash_path(title).rsplit("/", 1)
-    return f"{UPLOAD_HOST}/wikipedia/{wiki}/{a_ab}/{quote(key, safe=_SAFE)}"
+    prefix = COMMONS_PREFIX if wiki == "commons" else f"/wikipedia/{wiki}/"
+    return f"{UPLOAD_BASE}{prefix}{_hash_dirs(title)}{encode_name(db_key(title))}"
 
 
 def page_url(title: str, language: str) -> str:
-    return f"https://{language}.wikipedia.org/wiki/{quote(db_key(title), safe=_SAFE)}"
+    return f"https://{language}.wikipedia.org/wiki/{encode_name(db_key(title))}"
 
 
 def clean(text: str) -> str:
