@@ -595,10 +595,13 @@ def parse_chunk(chunk: Chunk, schema: Schema, wanted: Sequence[str], batch_rows:
     yield from parser.parse_bytes(data, chunk.offset, chunk.truncated, batch_rows)
 
 
-def parse_dump(path: str, wanted: Sequence[str], table: str | None = None, stage: str = "ingest") -> ParseResult:
+def parse_dump(
+    path: str, wanted: Sequence[str], table: str | None = None, stage: str = "ingest", keep_values: bool = True
+) -> ParseResult:
     """Parse a whole (small) dump serially in this process: for tests and tools.
 
-    Streams the file; only the wanted columns of the rows are held.
+    Streams the file; only the wanted columns of the rows are held, and none
+    with ``keep_values=False`` (counting and timing in bounded memory).
     """
     schema: Schema | None = None
     inflater = _Inflater(path)
@@ -620,6 +623,8 @@ def parse_dump(path: str, wanted: Sequence[str], table: str | None = None, stage
         cut = buf.rfind(b"\n")
         if cut >= 0:
             for r in parser.parse_bytes(bytes(buf[:cut]), offset):
+                if not keep_values:
+                    r.columns = {k: [] for k in r.columns}
                 result.extend(r)
             offset += cut + 1
             del buf[: cut + 1]
