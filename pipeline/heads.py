@@ -23,13 +23,15 @@ Steps, each a regex:
      "memorials");
   5. drop trailing numbers and dots ("Leichtathletik Gala Linz 2018");
   6. keep the longest run of noun-like words at the end: a run stops at a
-     number, a determiner or an adjective (a word list plus suffix rules; a
-     compound ending in a listed adjective, "61-year-old") that is followed
-     by a lower-case word ("Religious tower buildings" -> "Tower
+     number, or at a determiner or an adjective (a word list plus suffix
+     rules; a compound ending in a listed adjective, "61-year-old") that is
+     followed by a lower-case word ("Religious tower buildings" -> "Tower
      buildings"); a word followed by a capitalised word belongs to a name and
      is kept ("Native Americans").
 The result is capitalised as ``str.capitalize`` does (first letter upper,
 the rest lower), the form heads are compared and looked up in.
+``traversal_head`` spaces hyphens as the parser's tokens were ("19th -
+century houses"): the form the original traversal compared and looked up.
 """
 
 from __future__ import annotations
@@ -157,7 +159,24 @@ _ADJ_WORD = (
 # hold no hyphen except "18th-century", and it skips modifiers (a modifier is
 # a word of _ADJ_WORD followed by another word).
 _WORD = r"(?:[^ -]|-(?![A-Z]))+"
-P_HEAD = r"(?:^| |-(?=[A-Z]))((?:(?!(?i:" + _ADJ_WORD + r") [a-z0-9])" + _WORD + r" )*" + _WORD + r")$"
+# A number ends the run even before a capitalised word: the parser tagged it
+# CD, never part of the noun run ("2012 Summer Olympics medal winners" ->
+# "Summer olympics medal winners").
+P_HEAD = (r"(?:^| |-(?=[A-Z]))((?:(?![0-9][0-9,.]* )(?!(?i:" + _ADJ_WORD + r") [a-z0-9])" + _WORD + r" )*"
+          + _WORD + r")$")
+
+# The parser's tokenizer split hyphenated words into three tokens, and heads
+# are its tokens joined by spaces: "19th-century houses" -> "19th - century
+# houses". This matters beyond looks: such a head is looked up as a category
+# name (and "19th - century houses" names none) and its words are counted when
+# headJ shortens heads. Words after common prefixes ("Anti-", "Pre-",
+# "Cross-", ...) and number ranges ("2013-10") stayed whole.
+HYPHEN_PREFIXES = "anti pre cross trans self co non multi tri re semi sub super ultra inter intra counter".split()
+P_HYPHEN = (
+    r"(?<=[^ 0-9-])"
+    + "".join(rf"(?:(?<![{p[0].upper()}{p[0]}]{p[1:]})|(?<=[^ ][{p[0].upper()}{p[0]}]{p[1:]}))" for p in HYPHEN_PREFIXES)
+    + r"-(?=[^ -])|(?<=[0-9])-(?=[^ 0-9-])"
+)
 
 # Cuts applied in order; each match is deleted. None can match at the first
 # character, so none leaves an empty string (but for a name of dots only,
@@ -173,6 +192,7 @@ NULL_HEADS = frozenset(
 P_NUMBER = r"^[0-9]+$"
 
 _COMPILED = [re.compile(p) for p in STEPS]
+_HYPHEN_RE = re.compile(P_HYPHEN)
 _NUMBER_RE = re.compile(P_NUMBER)
 _HEAD_RE = re.compile(P_HEAD)
 _POSSESSIVE_RE = re.compile(P_POSSESSIVE)
@@ -182,8 +202,11 @@ def _normalize(name: str) -> str:
     return re.sub(" +", " ", name.replace("_", " ")).strip(" ")
 
 
-def find_head(name: str) -> str:
-    """The multi-word head of a category name, capitalised ("Maps of France" -> "Maps")."""
+def find_head(name: str, spaced_hyphens: bool = False) -> str:
+    """The multi-word head of a category name, capitalised ("Maps of France" -> "Maps").
+
+    ``spaced_hyphens``: write hyphens as the parser's tokens ("18th - century painters").
+    """
     original = _normalize(name)
     m = _POSSESSIVE_RE.search(original)
     if m:
@@ -193,7 +216,13 @@ def find_head(name: str) -> str:
         s = rx.sub("", s, count=1)
     m = _HEAD_RE.search(s)
     head = m.group(1).strip(" ") if m else ""
-    return (head or original).capitalize()
+    head = (head or original).capitalize()
+    return _HYPHEN_RE.sub(" - ", head) if spaced_hyphens else head
+
+
+def traversal_head(name: str) -> str:
+    """The head as the traversal compares it and looks it up: with the parser's spaced hyphens."""
+    return find_head(name, spaced_hyphens=True)
 
 
 def one_word(head: str) -> str:
@@ -210,7 +239,7 @@ def is_null_head(head: str) -> bool:
 # --- Spark --------------------------------------------------------------------
 
 
-def head_column(name_col):
+def head_column(name_col, spaced_hyphens: bool = False):
     """The same head as ``find_head``, as a Spark Column built only from built-ins.
 
     A chain of regexp_replace then regexp_extract, each pattern a literal
@@ -225,6 +254,8 @@ def head_column(name_col):
         s = F.regexp_replace(s, pattern, "")
     head = F.trim(F.regexp_extract(s, P_HEAD, 1))
     head = capitalize_column(F.coalesce(F.nullif(head, F.lit("")), original))
+    if spaced_hyphens:
+        head = F.regexp_replace(head, P_HYPHEN, " - ")
     possessive = F.regexp_extract(original, P_POSSESSIVE, 1)
     return F.coalesce(F.nullif(possessive, F.lit("")), head)
 

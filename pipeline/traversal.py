@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from pipeline.heads import find_head, is_null_head
+from pipeline.heads import is_null_head, traversal_head
 from pipeline.taxonomy import Taxonomy
 
 HEURISTICS = ("headJ", "lookahead", "depth")
@@ -76,13 +76,13 @@ class Traversal:
     parents: dict[str, list[str]]  # child -> parent titles (red links included)
     seeds: dict[str, list[str]]  # seed title -> flat labels
     heuristics: list[str]
-    head: Callable[[str], str] = find_head
+    head: Callable[[str], str] = traversal_head
     _memo: dict[str, frozenset] = field(default_factory=dict, repr=False)
     _heads: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, categories: Iterable[tuple[str, bool, int | None]], edges: Iterable[tuple[str, str]],
-              taxonomy: Taxonomy, heuristics: str | list[str], head=find_head) -> "Traversal":
+              taxonomy: Taxonomy, heuristics: str | list[str], head=traversal_head) -> "Traversal":
         depth, hidden, parents = {}, {}, {}
         for title, is_hidden, d in categories:
             depth[title] = d

@@ -161,7 +161,7 @@ def _proposals(spark, cats, edges, heuristics: list[str], parent_heads=PARENT_HE
             )
             # red-link parents are not in cats: compute their heads here
             parent_members = parent_members.withColumn(
-                "member_head", F.coalesce(F.col("member_head"), head_column(F.col("member")))
+                "member_head", F.coalesce(F.col("member_head"), head_column(F.col("member"), spaced_hyphens=True))
             )
             self_members = pending.select(
                 F.col("title").alias("child"), F.col("title").alias("member"), F.lit(None).cast("int").alias("parent_depth"),
@@ -206,7 +206,7 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics):
     hs = parse_heuristics(heuristics) if isinstance(heuristics, str) else list(heuristics)
     seeds = spark.createDataFrame(list(_seed_masks(taxonomy).items()), "title string, seed_mask long")
     nodes = depth_df.select("title", F.coalesce(F.col("hidden"), F.lit(False)).alias("hidden"), "depth").dropDuplicates(["title"])
-    cats = nodes.join(F.broadcast(seeds), "title", "left").withColumn("head", head_column(F.col("title")))
+    cats = nodes.join(F.broadcast(seeds), "title", "left").withColumn("head", head_column(F.col("title"), spaced_hyphens=True))
     null_head = F.col("head").rlike(P_NUMBER) | F.col("head").isin(sorted(NULL_HEADS))
     cats = cats.withColumn("is_seed", F.col("seed_mask").isNotNull()).withColumn(
         "status",

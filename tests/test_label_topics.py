@@ -164,7 +164,7 @@ def test_real_subgraph_reproduces_original_labels(real_run, report_metric, recor
     record_property("realgraph_exact_files", exact)
     report_metric("label: files with exactly the original headJ+depth labels (real subgraph, v1.3)",
                   f"{exact}/{len(dev)} = {exact / len(dev):.3f}")
-    assert exact / len(dev) >= 0.91  # 142/155 measured
+    assert exact / len(dev) >= 0.92  # 143/155 measured
 
 
 # ----------------------------------------------------------------- bundled sample

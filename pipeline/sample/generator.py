@@ -48,7 +48,7 @@ from pipeline.sample import images as imgs
 from pipeline.sample import mysqldump as md
 from pipeline.sample import names as nm
 from pipeline.sample.wit import WitWriter, hash_path, image_url, page_url
-from pipeline.heads import find_head, is_null_head
+from pipeline.heads import is_null_head, traversal_head
 from pipeline.taxonomy import Taxonomy
 
 TAXONOMIES = ("v1.3", "v1.4")
@@ -266,7 +266,7 @@ FILE_REDIRECT_EVERY, FILE_REDIRECT_AT = 211, 7
 
 def _null_head(title: str) -> bool:
     """The traversal gives no labels to a category whose head is a number, a month, Century..."""
-    return is_null_head(find_head(title))
+    return is_null_head(traversal_head(title))
 
 
 def _mask_labels(mask: int, names: list[str]) -> list[str]:
