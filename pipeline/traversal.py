@@ -1,7 +1,7 @@
 """The published traversal heuristics as a small, plain recursive oracle.
 
-``spark_jobs/label_topics.py`` computes the same labels level by level over
-the whole graph; this module states the rules once, directly, on dicts in
+``spark_jobs/label_topics.py`` computes the same labels over the whole graph
+without recursion; this module states the rules once, directly, on dicts in
 memory, so tests (and benchmarks) can check the Spark job against it. It is
 not meant for the full graph.
 
@@ -13,8 +13,15 @@ A category's labels (flat: a seed gives only its own labels):
   * otherwise the heuristics, in the configured order, each propose
     categories to query; the labels are the union of theirs, and the first
     heuristic that gives a non-empty set wins.
-Every proposal has a strictly smaller depth or is a seed, so the result does
-not depend on the order of the walk.
+
+Almost every proposal has a strictly smaller depth or is a seed. The one
+exception is headJ's parent query for the heads Genera, Specimens,
+Antagonists and Births: the depth test applies to the category named by the
+head ("Births"), and then the parents carrying the head are queried whatever
+their depth, as the original did (its logs on the real subgraph show it).
+Such queries can close a cycle, where the original's answer depended on the
+order of its walk. Here the rule is order-free: a category from which
+proposals lead into a cycle takes labels only from the proposals that do not.
 """
 
 from __future__ import annotations
@@ -79,6 +86,9 @@ class Traversal:
     head: Callable[[str], str] = traversal_head
     _memo: dict[str, frozenset] = field(default_factory=dict, repr=False)
     _heads: dict[str, str] = field(default_factory=dict, repr=False)
+    _props: dict[str, list] = field(default_factory=dict, repr=False)
+    _cyclic: dict[str, bool] = field(default_factory=dict, repr=False)
+    _open: set = field(default_factory=set, repr=False)
 
     @classmethod
     def build(cls, categories: Iterable[tuple[str, bool, int | None]], edges: Iterable[tuple[str, str]],
@@ -115,16 +125,42 @@ class Traversal:
             repeated, short = shortened_matches(heads)
             out = []
             for h in sorted(repeated):
+                if self._depth(h) is None or self._depth(h) >= d:
+                    continue  # no category named by the head, or not above this one
                 if h in PARENT_HEADS:
-                    # every parent carrying the head (the original took the
-                    # repeating one in the dump's parent order; this does not
-                    # depend on an order)
-                    targets = [p for p, ph in zip(parents, short[1:]) if ph == h]
+                    # every parent carrying the head, whatever its depth (the
+                    # original took the repeating one in the dump's parent
+                    # order; this does not depend on an order)
+                    out += [p for p, ph in zip(parents, short[1:]) if ph == h and p != title]
                 else:
-                    targets = [h]
-                out += [t for t in targets if self._depth(t) is not None and self._depth(t) < d]
+                    out.append(h)
             return out
         raise ValueError(f"unknown heuristic {heuristic!r}; valid: {', '.join(HEURISTICS)}")
+
+    def _walks_on(self, title: str) -> bool:
+        """Whether the heuristics are tried here (not a red link, unconnected, seed, hidden or null head)."""
+        return (self._depth(title) is not None and title not in self.seeds and not self.hidden.get(title)
+                and not is_null_head(self.get_head(title)))
+
+    def _proposals(self, title: str) -> list[list[str]]:
+        if title not in self._props:
+            self._props[title] = [self.propose(h, title) for h in self.heuristics] if self._walks_on(title) else []
+        return self._props[title]
+
+    def leads_to_cycle(self, title: str) -> bool:
+        """Whether some chain of proposals from this category runs into a cycle."""
+        if title in self._cyclic:
+            return self._cyclic[title]
+        if title in self._open:  # back on the current chain: a cycle
+            return True
+        self._open.add(title)
+        result = False
+        for targets in self._proposals(title):
+            for t in targets:
+                result = self.leads_to_cycle(t) or result
+        self._open.discard(title)
+        self._cyclic[title] = result
+        return result
 
     def labels(self, title: str) -> frozenset:
         """Flat labels of one category."""
@@ -134,14 +170,16 @@ class Traversal:
             result = frozenset()
         elif title in self.seeds:
             result = frozenset(self.seeds[title])
-        elif self.hidden.get(title) or is_null_head(self.get_head(title)):
+        elif not self._walks_on(title):
             result = frozenset()
         else:
+            cyclic = self.leads_to_cycle(title)
             result = frozenset()
-            for heuristic in self.heuristics:
+            for targets in self._proposals(title):
                 found = set()
-                for nxt in self.propose(heuristic, title):
-                    found |= self.labels(nxt)
+                for nxt in targets:
+                    if not (cyclic and self.leads_to_cycle(nxt)):
+                        found |= self.labels(nxt)
                 if found:
                     result = frozenset(found)
                     break

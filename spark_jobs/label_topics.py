@@ -1,13 +1,16 @@
 """Stage ``label``: topic labels for every category and file, by the traversal heuristics.
 
-The rules are those of ``pipeline/traversal.py`` (the recursive oracle). Every
-query goes to a category of strictly smaller depth, or to a seed, so instead of
-recursing per category this job finishes whole depth levels in increasing
-order: the labels of depth d only need those of depths < d and of the seeds.
-Per level, one join of that level's proposals (all heuristics, with their rank)
-against the labels found so far, one ``bit_or`` per (category, heuristic) and
-one ``min_by`` over the rank pick the first heuristic with a non-empty result.
-The driver only loops over the (few dozen) depth values; no graph reaches it.
+The rules are those of ``pipeline/traversal.py`` (the recursive oracle).
+Instead of recursing per category this job labels in rounds: each round takes
+every category whose proposals (all heuristics, with their rank) are labeled
+already, joins them against the labels found so far, and one ``bit_or`` per
+(category, heuristic) and one ``min_by`` over the rank pick the first
+heuristic with a non-empty result. Nearly every proposal goes to a strictly
+smaller depth or to a seed, so the rounds are close to the depth levels (a
+few dozen); headJ's parent queries (Births, Genera, ...) may go deeper and
+add rounds. Categories whose proposals lead into a cycle never become ready;
+a last pass labels them from the proposals that do not. The driver only
+loops over rounds; no graph reaches it.
 
 Label sets travel as bit masks (bit i = i-th label in taxonomy order): a union
 is ``bit_or``, the hierarchical closure an OR of per-label ancestor masks, and
@@ -177,12 +180,16 @@ def _proposals(spark, cats, edges, heuristics: list[str], parent_heads=PARENT_HE
                 .where(F.col("target_depth") < F.col("child_depth"))
                 .select("child", F.col("key").alias("target"))
             )
-            special = matched.where(F.col("key").isin(list(parent_heads)))
-            via_parent = (
-                special.join(m.where(F.col("member") != F.col("child")).select("child", "L", "key", "member", "parent_depth"),
-                             ["child", "L", "key"])
+            # the depth test is on the category named by the head; its parents carrying it are queried whatever their depth
+            special = (
+                matched.where(F.col("key").isin(list(parent_heads)))
+                .join(cats.select(F.col("title").alias("key"), F.col("depth").alias("target_depth")), "key")
                 .join(depth_of, "child")
-                .where(F.col("parent_depth") < F.col("child_depth"))
+                .where(F.col("target_depth") < F.col("child_depth"))
+            )
+            via_parent = (
+                special.join(m.where(F.col("member") != F.col("child")).select("child", "L", "key", "member"),
+                             ["child", "L", "key"])
                 .select("child", F.col("member").alias("target"))
             )
             p = jump.unionByName(via_parent)
@@ -222,16 +229,34 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics):
 
     known = cats.where("status = 'seed' and depth is not null").select("title", F.col("seed_mask").alias("mask"))
     known = known.localCheckpoint()
-    levels = [r[0] for r in cats.where("status = 'pending'").select("depth").distinct().orderBy("depth").collect()]
-    for d in levels:
-        level = (
-            props.where(F.col("child_depth") == d)
+    unresolved = cats.where("status = 'pending'").select("title").localCheckpoint()
+    # proposals to categories that are themselves still to be labeled
+    deps = props.join(unresolved.select(F.col("title").alias("target")), "target").select("child", "target").distinct()
+    deps = deps.localCheckpoint()
+
+    def resolve(children):
+        """Labels of these categories from the labels known so far (unknown targets give nothing)."""
+        return (
+            props.join(children.select(F.col("title").alias("child")), "child")
             .join(known.select(F.col("title").alias("target"), "mask"), "target")
             .groupBy("child", "rank").agg(F.expr("bit_or(mask)").alias("mask"))
             .groupBy("child").agg(F.min_by("mask", "rank").alias("mask"))
             .select(F.col("child").alias("title"), "mask")
         )
-        known = known.unionByName(level).localCheckpoint()
+
+    # Rounds: label every category whose proposals are all labeled already.
+    # Without parent queries this is depth order, one level per round.
+    while True:
+        blocked = deps.join(unresolved.select(F.col("title").alias("target")), "target").select(
+            F.col("child").alias("title"))
+        ready = unresolved.join(blocked, "title", "left_anti").localCheckpoint()
+        if ready.isEmpty():
+            break
+        known = known.unionByName(resolve(ready)).localCheckpoint()
+        unresolved = unresolved.join(ready, "title", "left_anti").localCheckpoint()
+    # What is left leads into a cycle of proposals: it takes labels only from
+    # the proposals that do not.
+    known = known.unionByName(resolve(unresolved)).localCheckpoint()
     return (
         cats.select("title", "depth").join(known, "title", "left")
         .select("title", "depth", F.coalesce(F.col("mask"), F.lit(0).cast("long")).alias("mask"))

@@ -35,11 +35,20 @@ def graphs(draw):
         mod = draw(st.sampled_from(MODS))
         place = draw(st.sampled_from(PLACES))
         titles.add([noun, f"{mod} {noun.lower()}", f"{noun} of {place}", f"{mod} {noun.lower()} in {place}"][form])
+    family = draw(st.booleans())  # a "Births" family whose parent queries can close cycles
+    if family:
+        titles |= {"Births", "Births of France", "Births of Spain", "Old births in Spain"}
     titles = sorted(titles)
     cats = [(t, draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()),
              draw(st.one_of(st.none(), st.integers(1, 6)))) for t in titles]
+    if family:  # connected, below "Births"
+        cats = [(t, h, draw(st.integers(3, 6)) if t.lower().startswith(("births ", "old births")) else
+                 (1 if t == "Births" else d)) for t, h, d in cats]
     targets = titles + ["Red link", "Maps of Nowhere"]
     edges = draw(st.lists(st.tuples(st.sampled_from(titles), st.sampled_from(targets)), max_size=30))
+    if family:
+        edges += [("Births of France", "Births of Spain"), ("Births of Spain", "Births of France"),
+                  ("Old births in Spain", "Births of Spain")]
     return cats, edges
 
 
@@ -76,6 +85,24 @@ def test_handmade_graph_labels(spark):
     assert got == want
     assert got["Churches in Belgium"] == (["Architecture"], ["Places", "Architecture"])
     assert got["Plantae"] == ([], [])  # a seed with no depth gives nothing
+
+
+def test_parent_queries_deeper_and_in_cycles(spark):
+    """headJ's Births queries may go deeper and close cycles: Spark takes the oracle's order-free rule."""
+    cats = [("Franklin Delano Roosevelt", False, 7), ("1882 births", False, 7), ("Births", False, 3),
+            ("Births in the United States in the 1880s", False, 8), ("Human births", False, 4),
+            ("Presidents", False, 6), ("Politics", False, 4),
+            ("Births in A", False, 7), ("Births in B", False, 7), ("Births in A by city", False, 8), ("Maps", False, 5)]
+    edges = [("Franklin Delano Roosevelt", "1882 births"), ("Franklin Delano Roosevelt", "Presidents"),
+             ("Franklin Delano Roosevelt", "Births in the United States in the 1880s"), ("Presidents", "Politics"),
+             ("Births in the United States in the 1880s", "Human births"), ("1882 births", "Presidents"),
+             ("Births in A", "Births in B"), ("Births in B", "Births in A"), ("Births in A", "Human births"),
+             ("Births in A by city", "Births in A"), ("Births in A by city", "Maps")]
+    got, want = spark_vs_oracle(spark, cats, edges, "headJ+depth")
+    assert got == want
+    assert got["Franklin Delano Roosevelt"][0] == ["People", "Politics"]
+    assert got["Births in A"][0] == ["People"] and got["Births in B"][0] == []
+    assert got["Births in A by city"][0] == ["Maps & Flags"]
 
 
 def test_unknown_heuristic(spark):
@@ -164,7 +191,7 @@ def test_real_subgraph_reproduces_original_labels(real_run, report_metric, recor
     record_property("realgraph_exact_files", exact)
     report_metric("label: files with exactly the original headJ+depth labels (real subgraph, v1.3)",
                   f"{exact}/{len(dev)} = {exact / len(dev):.3f}")
-    assert exact / len(dev) >= 0.92  # 143/155 measured
+    assert exact / len(dev) >= 0.93  # 145/155 measured
 
 
 # ----------------------------------------------------------------- bundled sample

@@ -79,6 +79,42 @@ def test_parent_heads_query_the_parent():
     tr = build(cats, edges, "headJ+depth")
     assert tr.propose("headJ", "Rosa specimens") == ["Plant specimens"]  # not the category "Specimens"
     assert tr.labels("Rosa specimens") == {"Plants"}
+    # the depth test is on the category named by the head: without "Specimens" above it, nothing is proposed
+    assert build({**cats, "Specimens": 7}, edges).propose("headJ", "Rosa specimens") == []
+
+
+def test_parent_heads_query_a_deeper_parent():
+    # as the original did: "Births in the United States in the 1880s" (depth 8)
+    # was queried from "Franklin Delano Roosevelt" (depth 7)
+    cats = {"Franklin Delano Roosevelt": 7, "1882 births": 7, "Births in the United States in the 1880s": 8,
+            "Births": 6, "Human births": 5, "Presidents": 6, "Politics": 4}
+    edges = [("Franklin Delano Roosevelt", "1882 births"),
+             ("Franklin Delano Roosevelt", "Births in the United States in the 1880s"),
+             ("Franklin Delano Roosevelt", "Presidents"), ("Presidents", "Politics"),
+             ("Births in the United States in the 1880s", "Human births"), ("1882 births", "Presidents")]
+    tr = build(cats, edges, "headJ+depth")
+    assert set(tr.propose("headJ", "Franklin Delano Roosevelt")) == {
+        "1882 births", "Births in the United States in the 1880s"}
+    assert tr.labels("Franklin Delano Roosevelt") == {"People", "Politics"}
+    assert build(cats, edges, "depth").labels("Franklin Delano Roosevelt") == {"Politics"}
+
+
+def test_a_cycle_of_parent_queries_gives_labels_only_from_outside_it():
+    # "Births in A" and "Births in B" are each other's parent: each one's headJ
+    # query goes to the other. Entering the cycle from either side gives the
+    # same answer: only the proposals that leave the cycle count.
+    cats = {"Births in A": 7, "Births in B": 7, "Births": 3, "Human births": 4, "Births in A by city": 8,
+            "Maps": 5}
+    edges = [("Births in A", "Births in B"), ("Births in B", "Births in A"), ("Births in A", "Human births"),
+             ("Births in A by city", "Births in A"), ("Births in A by city", "Maps")]
+    for order in (["Births in A", "Births in B", "Births in A by city"], ["Births in A by city", "Births in B"]):
+        tr = build(cats, edges, "headJ+depth")
+        got = {t: tr.labels(t) for t in order}
+        assert tr.leads_to_cycle("Births in A") and tr.leads_to_cycle("Births in A by city")
+        assert tr.labels("Births in A") == {"People"}  # from "Human births", outside the cycle
+        assert tr.labels("Births in B") == frozenset()  # its only proposal is in the cycle
+        # its headJ proposal leads into the cycle, so depth's "Maps" wins
+        assert got["Births in A by city"] == {"Maps & Flags"}
 
 
 def test_lookahead_and_order_of_heuristics():
