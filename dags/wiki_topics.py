@@ -2,9 +2,11 @@
 
 Each task launches one pipeline stage as its own process (``python -m pipeline
 <stage>``) and passes on only the stage's small JSON summary. The dump date
-comes from the run's ``dump_date`` param, else the ``DUMP_DATE`` setting; the
-taxonomy and heuristics from params or settings. Every stage updates an asset,
-so downstream DAGs (reports, exports) can be scheduled on them.
+comes from the run's ``dump_date`` param, else the ``DUMP_DATE`` setting;
+``latest`` (the nightly mode) takes the newest complete dump. The first task
+resolves it once and every stage of the run uses that date. The taxonomy and
+heuristics come from params or settings. Every stage updates an asset, so
+downstream DAGs (reports, exports) can be scheduled on them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's packages
 
+from pipeline.config import load_settings  # noqa: E402
+from pipeline.layout import resolve_dump_date  # noqa: E402
 from pipeline.stages import launch  # noqa: E402
 
 ASSETS = {
@@ -50,8 +54,8 @@ def _overrides() -> dict[str, str]:
     return out
 
 
-def _stage(name: str, *upstream_summaries, **extra: str) -> dict:
-    return launch(name, {**_overrides(), **extra})
+def _stage(name: str, dump_date: str, *upstream_summaries, **extra: str) -> dict:
+    return launch(name, {**_overrides(), "paths.dump_date": dump_date, **extra})
 
 
 @dag(
@@ -64,47 +68,54 @@ def _stage(name: str, *upstream_summaries, **extra: str) -> dict:
     doc_md=__doc__,
     default_args={"retries": int(os.environ.get("WIKI_TOPICS_RETRIES", "1"))},
     params={
-        "dump_date": Param("", type="string", description="Commons dump date YYYYMMDD; empty: DUMP_DATE setting"),
+        "dump_date": Param("", type="string",
+                           description="Commons dump date YYYYMMDD or 'latest'; empty: DUMP_DATE setting"),
         "taxonomy": Param("", type="string", description="taxonomy version, e.g. v1.3; empty: setting"),
         "heuristics": Param("", type="string", description="e.g. headJ+depth; empty: setting"),
         "epochs": Param("", type=["string", "integer"], description="training epochs; empty: setting"),
     },
 )
 def wiki_topics():
+    @task
+    def resolve_dump() -> str:
+        """The run's dump date, fixed once ('latest' becomes the newest complete dump)."""
+        return resolve_dump_date(load_settings(_overrides()).paths)
+
     @task(outlets=[ASSETS["ingest"]])
-    def ingest() -> dict:
-        return _stage("ingest")
+    def ingest(date: str) -> dict:
+        return _stage("ingest", date)
 
     @task(outlets=[ASSETS["graph"]])
-    def graph(ingested: dict) -> dict:
-        return _stage("graph", ingested)
+    def graph(date: str, ingested: dict) -> dict:
+        return _stage("graph", date, ingested)
 
     @task(outlets=[ASSETS["label"]])
-    def label(graphed: dict) -> dict:
-        return _stage("label", graphed)
+    def label(date: str, graphed: dict) -> dict:
+        return _stage("label", date, graphed)
 
     @task(outlets=[ASSETS["wit"]])
-    def wit(labeled: dict) -> dict:
-        return _stage("wit", labeled)
+    def wit(date: str, labeled: dict) -> dict:
+        return _stage("wit", date, labeled)
 
     @task(outlets=[ASSETS["shard"]])
-    def shard(images: dict) -> dict:
-        return _stage("shard", images)
+    def shard(date: str, images: dict) -> dict:
+        return _stage("shard", date, images)
 
     @task(outlets=[ASSETS["train"]])
-    def train(shards: dict) -> dict:
-        return _stage("train", shards)
+    def train(date: str, shards: dict) -> dict:
+        return _stage("train", date, shards)
 
     @task(outlets=[ASSETS["infer"]])
-    def infer(trained: dict) -> dict:
+    def infer(date: str, trained: dict) -> dict:
         # Predict with the model this run trained, whatever the aliases say.
-        return _stage("infer", trained, **{"tracking.model_uri": trained["model_uri"]})
+        return _stage("infer", date, trained, **{"tracking.model_uri": trained["model_uri"]})
 
     @task(outlets=[ASSETS["report"]])
-    def report(predicted: dict) -> dict:
-        return _stage("report", predicted)
+    def report(date: str, predicted: dict) -> dict:
+        return _stage("report", date, predicted)
 
-    report(infer(train(shard(wit(label(graph(ingest())))))))
+    date = resolve_dump()
+    report(date, infer(date, train(date, shard(date, wit(date, label(date, graph(date, ingest(date))))))))
 
 
 wiki_topics()

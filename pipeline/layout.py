@@ -8,11 +8,17 @@ coexist.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from pipeline.config import Settings
+from pipeline.config import PathsConfig, Settings
+from pipeline.errors import StageError
 
 TABLES = ("page", "categorylinks", "linktarget", "page_props", "redirect")
+# The tables every categorylinks layout needs; ingest checks linktarget itself.
+REQUIRED_DUMPS = ("page", "categorylinks", "page_props")
+LATEST = "latest"
+_DATE = re.compile(r"^[0-9]{8}$")
 SPLITS = ("train", "validation", "threshold", "test")
 
 
@@ -20,6 +26,42 @@ def join(*parts: str) -> str:
     """Join path parts with '/', keeping URL schemes such as s3:// intact."""
     head, *rest = parts
     return "/".join([head.rstrip("/")] + [p.strip("/") for p in rest])
+
+
+def complete_dump_dates(dumps_dir: str, wiki: str = "commonswiki") -> list[str]:
+    """Dump dates (YYYYMMDD, ascending) for which every table of REQUIRED_DUMPS is in dumps_dir.
+
+    Wikimedia publishes a dump's tables over several days, so a date only
+    counts once all of them are there.
+    """
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(dumps_dir)
+    name = re.compile(rf"^{re.escape(wiki)}-([0-9]{{8}})-([a-z_]+)\.sql\.gz$")
+    tables: dict[str, set[str]] = {}
+    for path in fs.glob(join(root, f"{wiki}-*.sql.gz")):
+        m = name.match(path.rsplit("/", 1)[-1])
+        if m:
+            tables.setdefault(m.group(1), set()).add(m.group(2))
+    return sorted(d for d, have in tables.items() if set(REQUIRED_DUMPS) <= have)
+
+
+def resolve_dump_date(paths: PathsConfig) -> str:
+    """The configured dump date; ``latest`` means the newest complete dump in ``dumps_dir``.
+
+    A nightly run resolves it once (the DAG's first task) and pins the result
+    for all its stages, so a dump that lands mid-run cannot mix two dates.
+    """
+    date = paths.dump_date.strip()
+    if date == LATEST:
+        dates = complete_dump_dates(paths.dumps_dir, paths.wiki)
+        if not dates:
+            raise StageError("resolve", paths.dumps_dir,
+                             f"no complete {paths.wiki} dump ({', '.join(REQUIRED_DUMPS)}) to take as {LATEST!r}")
+        return dates[-1]
+    if not _DATE.match(date):
+        raise StageError("resolve", paths.dumps_dir, f"dump date {date!r} is neither YYYYMMDD nor {LATEST!r}")
+    return date
 
 
 @dataclass(frozen=True)
@@ -36,7 +78,7 @@ class Layout:
     def from_settings(cls, s: Settings) -> "Layout":
         return cls(
             data_root=s.paths.data_root,
-            dump_date=s.paths.dump_date,
+            dump_date=resolve_dump_date(s.paths),
             dumps_dir=s.paths.dumps_dir,
             wit_dir=s.paths.wit_dir,
             wiki=s.paths.wiki,

@@ -15,9 +15,11 @@ def test_dag_imports_and_chains_every_stage(monkeypatch, tmp_path):
     assert bag.import_errors == {}
     dag = bag.dags["wiki_topics"]
     order = ["ingest", "graph", "label", "wit", "shard", "train", "infer", "report"]
-    assert sorted(dag.task_ids) == sorted(order)
+    assert sorted(dag.task_ids) == sorted(order + ["resolve_dump"])
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids
+    # the dump date is resolved once and handed to every stage
+    assert dag.get_task("resolve_dump").downstream_task_ids == set(order)
     assert set(dag.params.keys()) >= {"dump_date", "taxonomy", "heuristics"}
     assert all(dag.get_task(t).outlets for t in order)  # every stage updates an asset
 
