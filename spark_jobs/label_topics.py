@@ -205,8 +205,12 @@ def _proposals(spark, cats, edges, heuristics: list[str], parent_heads=PARENT_HE
 # ----------------------------------------------------------------- public API
 
 
-def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics):
-    """(title, depth, mask) for every category of depth_df; flat labels as a mask."""
+def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None):
+    """(title, depth, mask) for every category of depth_df; flat labels as a mask.
+
+    ``counts``, when given, receives the number of rounds and of categories
+    whose proposals lead into a cycle.
+    """
     from pyspark.sql import functions as F
 
     _check_size(taxonomy)
@@ -246,16 +250,22 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics):
 
     # Rounds: label every category whose proposals are all labeled already.
     # Without parent queries this is depth order, one level per round.
+    rounds = 0
     while True:
         blocked = deps.join(unresolved.select(F.col("title").alias("target")), "target").select(
             F.col("child").alias("title"))
         ready = unresolved.join(blocked, "title", "left_anti").localCheckpoint()
         if ready.isEmpty():
             break
+        rounds += 1
         known = known.unionByName(resolve(ready)).localCheckpoint()
         unresolved = unresolved.join(ready, "title", "left_anti").localCheckpoint()
     # What is left leads into a cycle of proposals: it takes labels only from
     # the proposals that do not.
+    in_cycles = unresolved.count()
+    log.info("labeled in %d rounds; %d categories lead into cycles of proposals", rounds, in_cycles)
+    if counts is not None:
+        counts.update(rounds=rounds, categories_leading_into_cycles=in_cycles)
     known = known.unionByName(resolve(unresolved)).localCheckpoint()
     return (
         cats.select("title", "depth").join(known, "title", "left")
@@ -263,13 +273,14 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics):
     )
 
 
-def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics) -> "DataFrame":
+def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None) -> "DataFrame":
     """Labels of every category: ``title, depth, labels, labels_hier`` (taxonomy order).
 
     ``depth_df`` needs ``title, hidden, depth``; ``edges_df`` ``child, parent``;
-    ``heuristics`` is e.g. ``"headJ+depth"`` or a list of names.
+    ``heuristics`` is e.g. ``"headJ+depth"`` or a list of names; ``counts``
+    (optional) receives ``rounds`` and ``categories_leading_into_cycles``.
     """
-    masks = _category_masks(spark, depth_df, edges_df, taxonomy, heuristics)
+    masks = _category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts)
     return _with_label_arrays(masks, taxonomy).select("title", "depth", "labels", "labels_hier")
 
 
@@ -394,7 +405,8 @@ def run(settings: Settings) -> dict:
         raise StageError(STAGE, layout.category_depth, f"root category {settings.label.root!r} has no depth")
 
     n = settings.spark.shuffle_partitions
-    cats = label_categories(spark, depth_df, edges_df, taxonomy, heuristics)
+    counts: dict = {}
+    cats = label_categories(spark, depth_df, edges_df, taxonomy, heuristics, counts)
     cat_path = write_spark(cats.repartition(n, "title").sortWithinPartitions("title"), layout.labels("category_labels"))
     cats = spark.read.parquet(cat_path)
     files = label_files(links_df, cats, taxonomy)
@@ -409,6 +421,7 @@ def run(settings: Settings) -> dict:
         "hierarchical": label_stats(files, taxonomy, "labels_hier"),
         "categories": cats.count(),
         "categories_labeled": cats.where("size(labels) > 0").count(),
+        **counts,
         "missing_seeds": missing,
     }
     stats_path = write_json(layout.labels("stats.json"), stats)
@@ -421,5 +434,6 @@ def run(settings: Settings) -> dict:
         "categories_labeled": stats["categories_labeled"],
         "files": stats["flat"]["files"],
         "files_unlabeled_share": stats["flat"]["unlabeled_share"],
+        "categories_leading_into_cycles": counts["categories_leading_into_cycles"],
         "missing_seeds": missing,
     }

@@ -100,6 +100,11 @@ def test_parent_queries_deeper_and_in_cycles(spark):
              ("Births in A by city", "Births in A"), ("Births in A by city", "Maps")]
     got, want = spark_vs_oracle(spark, cats, edges, "headJ+depth")
     assert got == want
+    counts = {}
+    depth_df = spark.createDataFrame(cats, "title string, hidden boolean, depth int")
+    label_topics.label_categories(spark, depth_df, spark.createDataFrame(edges, "child string, parent string"),
+                                  TAX, "headJ+depth", counts).count()
+    assert counts["categories_leading_into_cycles"] == 3  # Births in A, Births in B, Births in A by city
     assert got["Franklin Delano Roosevelt"][0] == ["People", "Politics"]
     assert got["Births in A"][0] == ["People"] and got["Births in B"][0] == []
     assert got["Births in A by city"][0] == ["Maps & Flags"]
@@ -165,6 +170,7 @@ def real_run(spark, tmp_path_factory):
 
 def test_real_subgraph_spark_equals_oracle(spark, real_run):
     s, summary = real_run
+    assert summary["categories_leading_into_cycles"] == 0  # the Births rule closes no cycle in the real subgraph
     layout = Layout.from_settings(s)
     depth = pd.read_parquet(layout.category_depth)
     edges = pd.read_parquet(layout.ingest("category_edges"))
