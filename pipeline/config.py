@@ -81,6 +81,11 @@ class ShardConfig:
     download_threads: int = _env("DOWNLOAD_THREADS", 8)
     # Lock files that make per_host_concurrency hold across all processes of a machine ("" = temp dir).
     lock_dir: str = _env("HOST_LOCK_DIR", "")
+    # The stage's driver serves per-host permits to every task, so the cap holds for the whole
+    # cluster (off: per machine, by the lock files). permit_url is set by the stage for its tasks.
+    cluster_permits: bool = _env("CLUSTER_PERMITS", True)
+    permit_lease_s: float = _env("PERMIT_LEASE_S", 600.0)
+    permit_url: str = _env("PERMIT_URL", "")
     backoff_s: float = _env("HTTP_BACKOFF_S", 1.0)
     max_backoff_s: float = _env("HTTP_MAX_BACKOFF_S", 60.0)
     # A Retry-After longer than this gives up on the image (recorded, retried by a later run).

@@ -6,10 +6,12 @@ details, few parallel connections per host, and backing off when told to
 
 - refuses Wikimedia hosts when the User-Agent has no contact (URL or e-mail)
   or still carries the ``set USER_AGENT`` placeholder;
-- caps concurrent requests per host (``per_host_concurrency``) with a
-  semaphore per host inside a process *and* lock-file slots shared by every
-  process on the machine (Spark runs one Python worker per concurrent task,
-  so a per-process semaphore alone would multiply the cap by the task count);
+- caps concurrent requests per host (``per_host_concurrency``): for the whole
+  cluster through the permits the shard stage's driver serves
+  (``pipeline.permits``), or, without them, with a semaphore per host inside
+  a process *and* lock-file slots shared by every process on the machine
+  (Spark runs one Python worker per concurrent task, so a per-process
+  semaphore alone would multiply the cap by the task count);
 - caps bandwidth per host with a token bucket (per process);
 - retries timeouts, connection resets, 5xx and 429 with exponential backoff
   and jitter, honouring Retry-After (seconds or an HTTP date); other 4xx are
@@ -210,7 +212,12 @@ class Downloader:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.5"})
-        self.slots = HostSlots(shard.per_host_concurrency, shard.lock_dir)
+        if shard.permit_url:  # the shard stage's cluster-wide permits
+            from pipeline.permits import RemoteSlots
+
+            self.slots = RemoteSlots(shard.permit_url, timeout_s=shard.timeout_s)
+        else:
+            self.slots = HostSlots(shard.per_host_concurrency, shard.lock_dir)
         self._buckets: dict[str, TokenBucket] = {}
         self._guard = threading.Lock()
         self._sleep = sleep

@@ -16,9 +16,12 @@ failures (timeout, 429, 5xx, resets) are retried by the next run when
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
+import logging
 import sys
 import tarfile
 import threading
@@ -33,6 +36,8 @@ from pipeline.errors import require_input
 from pipeline.layout import Layout, join
 from pipeline.spark import get_spark
 from pipeline.wit import UPLOAD_BASE, is_commons_url
+
+log = logging.getLogger(__name__)
 
 STAGE = "shard"
 MANIFEST_COLUMNS = ["image_key", "file_title", "split", "shard", "status", "bytes", "error"]
@@ -312,6 +317,29 @@ def _cleanup(layout: Layout, n_per_split: dict[str, int]) -> int:
     return removed
 
 
+@contextlib.contextmanager
+def _permits(spark, settings: Settings, info: dict):
+    """Settings for the shard tasks: with ``cluster_permits``, a permit server in this driver caps hosts cluster-wide.
+
+    ``info`` receives how the cap was held and, after the block, the permits granted and expired.
+    """
+    cfg = settings.shard
+    if not cfg.cluster_permits or cfg.permit_url:
+        info["per_host_cap"] = "given permit server" if cfg.permit_url else "per machine (lock files)"
+        yield settings
+        return
+    from pipeline.permits import PermitServer
+
+    bind = "127.0.0.1" if spark.sparkContext.master.startswith("local") else spark.conf.get("spark.driver.host")
+    with PermitServer(cfg.per_host_concurrency, cfg.permit_lease_s, bind=bind) as server:
+        log.info("per-host permits for all shard tasks at %s (cap %d)", server.url, server.cap)
+        yield dataclasses.replace(settings, shard=dataclasses.replace(cfg, permit_url=server.url))
+    info.update(per_host_cap="cluster-wide (driver permits)", permits_granted=server.granted,
+                permits_expired=server.expired)
+    if server.expired:
+        log.warning("%d permits expired unreleased", server.expired)
+
+
 def run(settings: Settings) -> dict:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -348,16 +376,18 @@ def run(settings: Settings) -> dict:
     assigned = images.select(*cols).join(keys, ["image_key", "split"])
     names, version = taxonomy.names, taxonomy.version
 
-    def task(pdf):
-        return _shard_group(pdf, settings, names, version)
+    permits: dict = {}
+    with _permits(spark, settings, permits) as task_settings:
+        def task(pdf):
+            return _shard_group(pdf, task_settings, names, version)
 
-    result = (
-        assigned.repartition(n_shards, "split", "shard")
-        .groupBy("split", "shard")
-        .applyInPandas(task, TASK_SCHEMA)
-    )
-    # One action runs every shard task exactly once; its output is tiny.
-    stats = result.groupBy("status", "downloaded").count().collect()
+        result = (
+            assigned.repartition(n_shards, "split", "shard")
+            .groupBy("split", "shard")
+            .applyInPandas(task, TASK_SCHEMA)
+        )
+        # One action runs every shard task exactly once; its output is tiny.
+        stats = result.groupBy("status", "downloaded").count().collect()
     status_counts: dict[str, int] = {}
     for r in stats:
         status_counts[r["status"]] = status_counts.get(r["status"], 0) + r["count"]
@@ -374,5 +404,6 @@ def run(settings: Settings) -> dict:
         "ok": status_counts.get("ok", 0),
         "downloaded": int(sum(r["count"] for r in stats if r["downloaded"])),
         "stale_files_removed": removed,
+        "permits": permits,
         "seconds": round(time.monotonic() - started, 1),
     }

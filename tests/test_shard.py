@@ -128,6 +128,9 @@ def test_shard_stage_statuses_cap_and_resume(spark, tmp_path, mirror):
     assert summary["images"] == len(titles) and summary["downloaded"] == len(titles)
     assert summary["status_counts"] == {s: list(expected.values()).count(s) for s in set(expected.values())}
     assert mirror.max_inflight <= 2
+    # the cap came from the driver's permits: one per request attempt
+    assert summary["permits"]["per_host_cap"] == "cluster-wide (driver permits)"
+    assert summary["permits"]["permits_granted"] >= summary["downloaded"] and summary["permits"]["permits_expired"] == 0
     manifest = {r["file_title"]: r.asDict() for r in spark.read.parquet(layout.shard_manifest).collect()}
     assert {t: r["status"] for t, r in manifest.items()} == expected
     tars1 = read_shards(layout)
