@@ -119,7 +119,7 @@ def _head_match_proposals(members):
     until some head repeats) stops at the largest length L at which two of
     the heads cut to their last min(words, L) words are equal; so every L from
     1 to the longest head is tried at once and the largest L with a repeat
-    kept. ``members``: (child, member, is_self, member_head, member_depth).
+    kept. ``members``: (child, member, member_head), the category itself among its members.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import Window
@@ -158,38 +158,28 @@ def _proposals(spark, cats, edges, heuristics: list[str], parent_heads=PARENT_HE
             p = e.where(F.col("parent_is_seed")).select("child", F.col("parent").alias("target"))
         elif h == "headJ":
             heads = cats.select(F.col("title").alias("member"), F.col("head").alias("member_head"))
-            parent_members = (
-                e.select("child", F.col("parent").alias("member"), "parent_depth")
-                .join(heads, "member", "left")
-            )
+            parent_members = e.select("child", F.col("parent").alias("member")).join(heads, "member", "left")
             # red-link parents are not in cats: compute their heads here
             parent_members = parent_members.withColumn(
                 "member_head", F.coalesce(F.col("member_head"), head_column(F.col("member"), spaced_hyphens=True))
             )
             self_members = pending.select(
-                F.col("title").alias("child"), F.col("title").alias("member"), F.lit(None).cast("int").alias("parent_depth"),
-                F.col("head").alias("member_head"),
+                F.col("title").alias("child"), F.col("title").alias("member"), F.col("head").alias("member_head"),
             )
-            members = parent_members.select("child", "member", "parent_depth", "member_head").unionByName(self_members)
-            matched, m = _head_match_proposals(members)
-            depth_of = pending.select(F.col("title").alias("child"), F.col("depth").alias("child_depth"))
-            plain = matched.where(~F.col("key").isin(list(parent_heads)))
-            jump = (
-                plain.join(cats.select(F.col("title").alias("key"), F.col("depth").alias("target_depth")), "key")
-                .join(depth_of, "child")
-                .where(F.col("target_depth") < F.col("child_depth"))
-                .select("child", F.col("key").alias("target"))
+            matched, m = _head_match_proposals(parent_members.unionByName(self_members))
+            # a shared head counts only when a category of that name lies above this one
+            above = (
+                matched.join(cats.select(F.col("title").alias("key"), F.col("depth").alias("key_depth")), "key")
+                .join(pending.select(F.col("title").alias("child"), F.col("depth").alias("child_depth")), "child")
+                .where(F.col("key_depth") < F.col("child_depth"))
             )
-            # the depth test is on the category named by the head; its parents carrying it are queried whatever their depth
-            special = (
-                matched.where(F.col("key").isin(list(parent_heads)))
-                .join(cats.select(F.col("title").alias("key"), F.col("depth").alias("target_depth")), "key")
-                .join(depth_of, "child")
-                .where(F.col("target_depth") < F.col("child_depth"))
-            )
+            is_parent_head = F.col("key").isin(list(parent_heads))
+            jump = above.where(~is_parent_head).select("child", F.col("key").alias("target"))
+            # Births, Genera, ...: the parents carrying the head instead, whatever their depth
             via_parent = (
-                special.join(m.where(F.col("member") != F.col("child")).select("child", "L", "key", "member"),
-                             ["child", "L", "key"])
+                above.where(is_parent_head)
+                .join(m.where(F.col("member") != F.col("child")).select("child", "L", "key", "member"),
+                      ["child", "L", "key"])
                 .select("child", F.col("member").alias("target"))
             )
             p = jump.unionByName(via_parent)
