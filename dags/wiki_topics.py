@@ -1,16 +1,21 @@
 """wiki_topics: Commons dumps -> category graph -> topic labels -> WIT shards -> model -> predictions.
 
 Each task launches one pipeline stage as its own process (``python -m pipeline
-<stage>``) and passes on only the stage's small JSON summary. The dump date
-comes from the run's ``dump_date`` param, else the ``DUMP_DATE`` setting;
-``latest`` (the nightly mode) takes the newest complete dump. The first task
-resolves it once and every stage of the run uses that date. The taxonomy and
-heuristics come from params or settings. Every stage updates an asset, so
-downstream DAGs (reports, exports) can be scheduled on them.
+<stage>``) and passes on only the stage's small JSON summary.
+
+The run's dump date is resolved once, by the first task, and pinned for every
+stage: the run's ``dump_date`` param (YYYYMMDD or ``latest``), else the newest
+complete dump on or before the run's logical date (scheduled and backfill
+runs), else the ``DUMP_DATE`` setting. A date that an earlier run already
+processed with the same settings short-circuits the run: every later task is
+skipped (the ``force`` param runs it anyway). ``fetch`` then downloads and
+verifies that dump and WIT. Every stage updates an asset, so downstream DAGs
+(reports, exports) can be scheduled on them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -20,13 +25,17 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's packages
 
+from pipeline import fetch as fetch_stage  # noqa: E402
+from pipeline import runs  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
-from pipeline.layout import resolve_dump_date  # noqa: E402
 from pipeline.stages import launch  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 ASSETS = {
     name: Asset(name=f"wiki_image_topics.{name}", uri=f"file:///wiki-image-topics/{path}")
     for name, path in {
+        "fetch": "dumps",
         "ingest": "ingest",
         "graph": "graph/category_depth",
         "label": "labels",
@@ -69,21 +78,39 @@ def _stage(name: str, dump_date: str, *upstream_summaries, **extra: str) -> dict
     default_args={"retries": int(os.environ.get("WIKI_TOPICS_RETRIES", "1"))},
     params={
         "dump_date": Param("", type="string",
-                           description="Commons dump date YYYYMMDD or 'latest'; empty: DUMP_DATE setting"),
+                           description="Commons dump date YYYYMMDD or 'latest'; empty: from the logical date, "
+                                       "else the DUMP_DATE setting"),
         "taxonomy": Param("", type="string", description="taxonomy version, e.g. v1.3; empty: setting"),
         "heuristics": Param("", type="string", description="e.g. headJ+depth; empty: setting"),
         "epochs": Param("", type=["string", "integer"], description="training epochs; empty: setting"),
+        "force": Param(False, type="boolean",
+                       description="run every stage even if this dump was processed with the same settings"),
     },
 )
 def wiki_topics():
-    @task
-    def resolve_dump() -> str:
-        """The run's dump date, fixed once ('latest' becomes the newest complete dump)."""
-        return resolve_dump_date(load_settings(_overrides()).paths)
+    @task.short_circuit
+    def resolve_dump():
+        """The run's dump date, fixed once; False (skip the rest) when it was already processed."""
+        context = get_current_context()
+        params = context["params"]
+        settings = load_settings({k: v for k, v in _overrides().items() if k != "paths.dump_date"})
+        date = fetch_stage.run_date(settings, params.get("dump_date"), context.get("logical_date"))
+        done = runs.processed(settings, date)
+        if done and not params.get("force"):
+            log.info("dump %s was already processed with the same settings (fingerprint %s, finished %s): "
+                     "skipping every stage of this run; set the param force=true to run them anyway",
+                     date, done["fingerprint"], done["finished_at"])
+            return False
+        log.info("this run processes dump %s", date)
+        return date
+
+    @task(outlets=[ASSETS["fetch"]])
+    def fetch(date: str) -> dict:
+        return _stage("fetch", date)
 
     @task(outlets=[ASSETS["ingest"]])
-    def ingest(date: str) -> dict:
-        return _stage("ingest", date)
+    def ingest(date: str, fetched: dict) -> dict:
+        return _stage("ingest", date, fetched)
 
     @task(outlets=[ASSETS["graph"]])
     def graph(date: str, ingested: dict) -> dict:
@@ -112,10 +139,13 @@ def wiki_topics():
 
     @task(outlets=[ASSETS["report"]])
     def report(date: str, predicted: dict) -> dict:
-        return _stage("report", date, predicted)
+        summary = _stage("report", date, predicted)
+        settings = load_settings({**_overrides(), "paths.dump_date": date})
+        summary["run_record"] = runs.mark_processed(settings, date, {"report": summary.get("report")})
+        return summary
 
     date = resolve_dump()
-    report(date, infer(date, train(date, shard(date, wit(date, label(date, graph(date, ingest(date))))))))
+    report(date, infer(date, train(date, shard(date, wit(date, label(date, graph(date, ingest(date, fetch(date)))))))))
 
 
 wiki_topics()

@@ -114,6 +114,8 @@ def main(argv=None) -> int:
             settings = load_settings(_overrides(args))
             summary = STAGES[command].load()(settings)
             summary = {"stage": command, "seconds": round(time.time() - started, 1), **summary}
+            if summary.get("dump_date"):  # fetch resolved `latest` itself: file the summary under that date
+                settings.paths.dump_date = summary["dump_date"]
             layout = Layout.from_settings(settings)
             if not STAGES[command].own_mlflow_run:
                 from pipeline import tracking

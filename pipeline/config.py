@@ -31,6 +31,35 @@ class PathsConfig:
     wiki: str = _env("WIKI", "commonswiki")
 
 
+WIT_TRAIN_FILES = tuple(f"wit_v1.train.all-{i:05d}-of-00010.tsv.gz" for i in range(10))
+
+
+@dataclass
+class FetchConfig:
+    """Where the published inputs come from and how politely they are fetched."""
+
+    # Wikimedia's dumps server (or a mirror); "" = offline: use what is in dumps_dir.
+    dumps_url: str = _env("DUMPS_URL", "https://dumps.wikimedia.org")
+    # "current": categorylinks with cl_target_id only, so linktarget is required; "legacy": cl_to.
+    categorylinks_layout: str = _env("CATEGORYLINKS_LAYOUT", "current")
+    # WIT's publisher; "" = use what is in wit_dir.
+    wit_url: str = _env("WIT_URL", "https://storage.googleapis.com/gresearch/wit/")
+    wit_files: tuple = _env("WIT_FILES", WIT_TRAIN_FILES)
+    # Wikimedia's dumps servers allow 3 connections per IP and User-Agent.
+    connections: int = _env("FETCH_CONNECTIONS", 2)
+    timeout_s: float = _env("FETCH_TIMEOUT_S", 60.0)
+    # Network errors (resets, timeouts, 5xx) per file before the stage fails; each resumes with Range.
+    max_retries: int = _env("FETCH_MAX_RETRIES", 8)
+    # Whole re-downloads after a checksum mismatch before the stage fails.
+    checksum_retries: int = _env("FETCH_CHECKSUM_RETRIES", 1)
+    backoff_s: float = _env("FETCH_BACKOFF_S", 2.0)
+    max_backoff_s: float = _env("FETCH_MAX_BACKOFF_S", 120.0)
+    max_retry_after_s: float = _env("FETCH_MAX_RETRY_AFTER_S", 3600.0)
+    progress_every_s: float = _env("FETCH_PROGRESS_EVERY_S", 30.0)
+    # Keep the newest N dump dates in dumps_dir after a fetch (0 = keep all).
+    keep_dumps: int = _env("KEEP_DUMPS", 0)
+
+
 @dataclass
 class SparkConfig:
     master: str = _env("SPARK_MASTER", "local[*]")
@@ -137,6 +166,7 @@ class TrackingConfig:
 @dataclass
 class Settings:
     paths: PathsConfig = field(default_factory=PathsConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     wit: WitConfig = field(default_factory=WitConfig)

@@ -1,10 +1,13 @@
 """`make demo`: the whole Airflow DAG on the bundled sample, with embedded defaults.
 
-Generates the sample (real dump and WIT formats), serves its images over HTTP
-as a local mirror of upload.wikimedia.org (so the real download path runs),
-points Airflow (SQLite metadata DB, LocalExecutor) and MLflow (SQLite) at the
-state folder, runs ``airflow dags test wiki_topics`` and prints where each
-output is.
+Generates the sample (real dump and WIT formats) and serves it as the real
+publishers do: its dumps as a local dumps.wikimedia.org (directory listing,
+``dumpstatus.json``, checksum files, and a newer run still in progress), its
+WIT TSVs as WIT's bucket, and its images as a local mirror of
+upload.wikimedia.org, so the run goes through ``fetch`` and the real download
+path like a nightly run. Points Airflow (SQLite metadata DB, LocalExecutor)
+and MLflow (SQLite) at the state folder, runs ``airflow dags test
+wiki_topics`` for today's logical date and prints where each output is.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.atomic import exists, read_json
@@ -21,6 +25,8 @@ from pipeline.layout import Layout
 from pipeline.stages import ORDER, PROJECT_ROOT
 
 SAMPLE_DUMP_DATE = "20260101"
+# A newer run the demo's dumps server shows as still in progress: fetch must skip it.
+IN_PROGRESS_DUMP_DATE = "20260115"
 DEMO_USER_AGENT = "wiki-image-topics-demo/0.1 (local sample mirror; no Wikimedia hosts) python-requests"
 
 
@@ -50,8 +56,9 @@ def run_demo(
     categories: int = 2000,
     seed: int = 0,
     epochs: int | None = None,
+    logical_date: str | None = None,
 ) -> dict:
-    from pipeline.sample import generator, server
+    from pipeline.sample import dumps_server, generator, server
 
     overrides = dict(overrides or {})
     settings = load_settings(overrides)
@@ -67,14 +74,21 @@ def run_demo(
         )
         marker.write_text(json.dumps({"args": wanted, "summary": summary}, default=str))
 
+    published = dumps_server.publish(sample_dir / "dumps", sample_dir / "wit", sample_dir / "published",
+                                     in_progress_date=IN_PROGRESS_DUMP_DATE)
+    dumps = dumps_server.DumpsServer(sample_dir / "published").start()
     base_url, stop = server.serve(str(sample_dir / "images"))
     env = {
         **os.environ,
         **airflow_env(str(state_dir)),
         "DATA_ROOT": str(data_root),
         "STATE_DIR": str(state_dir),
-        "DUMPS_DIR": str(sample_dir / "dumps"),
-        "WIT_DIR": str(sample_dir / "wit"),
+        # fetch downloads into these, from the local publishers
+        "DUMPS_DIR": str(data_root / "dumps"),
+        "WIT_DIR": str(data_root / "wit"),
+        "DUMPS_URL": dumps.url,
+        "WIT_URL": f"{dumps.url}/{dumps_server.WIT_PATH}/",
+        "WIT_FILES": ",".join(published["wit_files"]),
         "DUMP_DATE": SAMPLE_DUMP_DATE,
         "WIKI_MIRROR_URL": base_url,
         "USER_AGENT": DEMO_USER_AGENT,
@@ -95,25 +109,33 @@ def run_demo(
     }
     if overrides:  # --set and shortcuts reach the stage processes too
         env["PIPELINE_OVERRIDES"] = json.dumps(overrides)
+    # A nightly run: no dump_date param, so the logical date (today) picks the newest complete dump.
+    logical_date = logical_date or datetime.now(timezone.utc).strftime("%Y-%m-%d")
     try:
         _airflow(["db", "migrate"], env)
-        _airflow(["dags", "test", "wiki_topics", "2026-01-01", "-c", json.dumps({"dump_date": SAMPLE_DUMP_DATE})], env)
+        _airflow(["dags", "test", "wiki_topics", logical_date], env)
     finally:
         stop()
-    return outputs(load_settings(overrides, environ=env))
+        dumps.stop()
+    result = outputs(load_settings(overrides, environ=env))
+    result["dumps_server_file_requests"] = len(dumps.file_requests())
+    return result
 
 
 def outputs(settings) -> dict:
     """Where each output of a run is, from the stage summaries the stages left behind."""
     layout = Layout.from_settings(settings)
     summaries = {}
-    for stage in ORDER:
+    for stage in ORDER + ["run"]:
         path = layout.summary(stage)
         if exists(path):
             summaries[stage] = read_json(path)
     train = summaries.get("train", {})
     result = {
         "data_root": layout.root,
+        "dump_date": layout.dump_date,
+        "dumps_dir": settings.paths.dumps_dir,
+        "fetched_files": summaries.get("fetch", {}).get("files_downloaded"),
         "ingest": layout.ingest("categories").rsplit("/", 1)[0],
         "graph": layout.category_depth,
         "labels": layout.labels("file_labels"),

@@ -35,6 +35,7 @@ class Stage:
 STAGES = {
     s.name: s
     for s in [
+        Stage("fetch", "pipeline.fetch:run", "find a complete Commons dump, download and verify it and WIT"),
         Stage("ingest", "spark_jobs.ingest_dumps:run", "parse Commons SQL dumps into Parquet tables"),
         Stage("graph", "spark_jobs.category_graph:run", "category depth by BFS from CommonsRoot"),
         Stage("label", "spark_jobs.label_topics:run", "topic labels for categories and files"),

@@ -14,13 +14,15 @@ def test_dag_imports_and_chains_every_stage(monkeypatch, tmp_path):
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
     dag = bag.dags["wiki_topics"]
-    order = ["ingest", "graph", "label", "wit", "shard", "train", "infer", "report"]
+    order = ["fetch", "ingest", "graph", "label", "wit", "shard", "train", "infer", "report"]
     assert sorted(dag.task_ids) == sorted(order + ["resolve_dump"])
     for up, down in zip(order, order[1:]):
         assert down in dag.get_task(up).downstream_task_ids
     # the dump date is resolved once and handed to every stage
     assert dag.get_task("resolve_dump").downstream_task_ids == set(order)
-    assert set(dag.params.keys()) >= {"dump_date", "taxonomy", "heuristics"}
+    assert set(dag.params.keys()) >= {"dump_date", "taxonomy", "heuristics", "force"}
+    # a dump already processed with the same settings short-circuits the whole run
+    assert dag.get_task("resolve_dump").task_type.startswith("_ShortCircuit")
     assert all(dag.get_task(t).outlets for t in order)  # every stage updates an asset
 
 

@@ -97,9 +97,43 @@ def test_every_data_stage_is_tracked_in_mlflow(demo):
     experiment = client.get_experiment_by_name("wiki-image-topics")
     runs = client.search_runs([experiment.experiment_id])
     by_stage = {r.data.tags.get("stage"): r for r in runs if r.data.tags.get("stage")}
-    assert set(by_stage) >= {"ingest", "graph", "label", "wit", "shard", "infer", "report"}
+    assert set(by_stage) >= {"fetch", "ingest", "graph", "label", "wit", "shard", "infer", "report"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert by_stage["shard"].data.metrics["ok"] > 0
     assert by_stage["graph"].data.metrics["categories"] == 400
     artifacts = [a.path for a in client.list_artifacts(by_stage["label"].info.run_id, "label")]
     assert "label/stats.json" in artifacts
+
+
+def test_dag_fetched_the_newest_complete_dump_from_the_local_publishers(demo):
+    root, result = demo
+    # the demo's dumps server also shows a newer run still in progress: the logical date (today)
+    # maps to the newest *complete* dump, whose 5 tables and 2 WIT files were downloaded
+    assert result["dump_date"] == "20260101"
+    assert result["fetched_files"] == 7
+    assert result["dumps_server_file_requests"] == 7
+    fetched = sorted(p.name for p in (root / "data" / "dumps").glob("*.sql.gz"))
+    assert fetched == [f"commonswiki-20260101-{t}.sql.gz"
+                       for t in sorted(["page", "categorylinks", "linktarget", "page_props", "redirect"])]
+    assert not list((root / "data").glob("20260115"))
+
+
+def test_a_later_night_on_the_same_dump_skips_every_stage(demo):
+    """A second logical date resolving to the dump already processed with the same settings does nothing."""
+    import sqlite3
+
+    from pipeline.demo import run_demo
+
+    root, first = demo
+    overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
+                 "label.heuristics": "depth"}
+    again = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=3, logical_date="2030-01-02")
+    assert again["dumps_server_file_requests"] == 0
+    assert again["mlflow_run_id"] == first["mlflow_run_id"]  # nothing was trained
+    db = sqlite3.connect(root / "state" / "airflow" / "airflow.db")
+    (run_id,) = db.execute("SELECT run_id FROM dag_run WHERE dag_id='wiki_topics' "
+                           "AND logical_date LIKE '2030-01-02%'").fetchone()
+    states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id='wiki_topics' AND run_id=?",
+                             (run_id,)).fetchall())
+    assert states.pop("resolve_dump") == "success"
+    assert set(states.values()) == {"skipped"} and "train" in states and "fetch" in states
