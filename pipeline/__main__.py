@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     for name in ORDER:
-        p = sub.add_parser(name, help=STAGES[name].help, description=STAGES[name].help)
+        stage = STAGES[name]
+        p = sub.add_parser(name, help=stage.help, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description=f"{stage.help}.\n\n{stage.doc}" if stage.doc else stage.help)
         _add_settings_arguments(p)
 
     from pipeline.sample import generator

@@ -26,16 +26,33 @@ class Stage:
     help: str
     # train and report open MLflow runs of their own; the others get one from the CLI.
     own_mlflow_run: bool = False
+    # Longer text for `python -m pipeline <stage> --help`.
+    doc: str = ""
 
     def load(self):
         module, func = self.entry.split(":")
         return getattr(importlib.import_module(module), func)
 
 
+FETCH_DOC = """\
+Resolves the dump date (--dump-date YYYYMMDD, or `latest`: the newest date on
+<fetch.dumps_url>/<wiki>/ whose dumpstatus.json says every needed job is done;
+dates in progress or failed are skipped) and downloads its tables into
+paths.dumps_dir, then the WIT files (fetch.wit_files from fetch.wit_url) into
+paths.wit_dir. Each file is written as <name>.part, resumed with HTTP Range
+after a dropped connection, and renamed only when its size and sha1 (or md5)
+match; WIT files must be complete gzip streams of the announced length. Files
+already verified are not downloaded again. At most fetch.connections
+connections, USER_AGENT on every request, Retry-After honoured.
+Settings: fetch.dumps_url (DUMPS_URL), fetch.wit_url (WIT_URL),
+fetch.wit_files (WIT_FILES), fetch.categorylinks_layout, fetch.connections,
+fetch.keep_dumps (KEEP_DUMPS); `python -m pipeline config` lists them all."""
+
 STAGES = {
     s.name: s
     for s in [
-        Stage("fetch", "pipeline.fetch:run", "find a complete Commons dump, download and verify it and WIT"),
+        Stage("fetch", "pipeline.fetch:run", "find a complete Commons dump, download and verify it and WIT",
+              doc=FETCH_DOC),
         Stage("ingest", "spark_jobs.ingest_dumps:run", "parse Commons SQL dumps into Parquet tables"),
         Stage("graph", "spark_jobs.category_graph:run", "category depth by BFS from CommonsRoot"),
         Stage("label", "spark_jobs.label_topics:run", "topic labels for categories and files"),
