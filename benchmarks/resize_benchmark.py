@@ -46,7 +46,7 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=20, help="images per format")
-    p.add_argument("--size", type=int, default=64, help="output side (shard.image_size)")
+    p.add_argument("--size", type=int, default=64, help="output side (train.image_size)")
     p.add_argument("--thumb", type=int, default=120, help="thumbnail width to compare sizes")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

@@ -1,10 +1,10 @@
 """Training and inference throughput (images/s) of the topic model, and of the shard loader alone.
 
     KERAS_BACKEND=tensorflow python benchmarks/train_throughput.py --backbones B0,B2 --image-size 64 \
-        --batch-size 128 --steps 20 [--shards data/<date>/shards/v1.3/headJ+depth/train]
+        --batch-size 128 --steps 20 [--index data/<date>/image_index/v1.3/headJ+depth --store data/images/<fp>]
 
-Synthetic in-memory arrays always; with ``--shards`` (a split directory of
-``shard-*.tar``) also training from real shards and loader-only speed. The
+Synthetic in-memory arrays always; with ``--index`` and ``--store`` (a run's
+image index and the image store) also training from the store and loader-only speed. The
 first epoch/call (tracing, compilation) is excluded from every timing. Prints
 one JSON line.
 """
@@ -52,12 +52,12 @@ def bench_synthetic(backbone, size, batch, steps, labels, jit) -> dict:
     return {"train_images_per_s": round(train_ips, 1), "predict_images_per_s": round(infer_ips, 1), "images": n}
 
 
-def bench_shards(split_dir, backbone, size, batch, steps, labels, hierarchical, workers, jit) -> dict:
+def bench_shards(index_path, store, backbone, size, batch, steps, labels, hierarchical, workers, jit) -> dict:
     from training import data
 
-    index = data.index_shards(data.shard_paths(split_dir), "bench", labels, hierarchical)
+    index = data.read_index(index_path, "train", labels, hierarchical, store)
     if len(index) == 0:
-        raise SystemExit(f"{split_dir}: no labeled samples")
+        raise SystemExit(f"{index_path}: no labeled, stored train images")
     ds = data.ShardBatches(index, batch, size, shuffle=True, workers=workers)
     steps = min(steps, len(ds))
     t = time.perf_counter()
@@ -78,7 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--labels", type=int, default=31)
-    ap.add_argument("--shards", default="", help="a split directory of shard-*.tar (optional)")
+    ap.add_argument("--index", default="", help="a run's image index (optional)")
+    ap.add_argument("--store", default="", help="the image store folder the index points into")
     ap.add_argument("--flat", action="store_true", help="read multi_hot instead of multi_hot_hier")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--jit", action="store_true")
@@ -98,9 +99,9 @@ def main(argv=None) -> int:
     }
     for backbone in [b.strip() for b in a.backbones.split(",") if b.strip()]:
         out["synthetic"][backbone] = bench_synthetic(backbone, a.image_size, a.batch_size, a.steps, a.labels, a.jit)
-        if a.shards:
+        if a.index:
             out["shards"][backbone] = bench_shards(
-                a.shards, backbone, a.image_size, a.batch_size, a.steps, a.labels, not a.flat, a.workers, a.jit
+                a.index, a.store, backbone, a.image_size, a.batch_size, a.steps, a.labels, not a.flat, a.workers, a.jit
             )
     print(json.dumps(out, sort_keys=True))
     return 0

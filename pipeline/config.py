@@ -29,6 +29,8 @@ class PathsConfig:
     wit_dir: str = _env("WIT_DIR", "data/sample/wit")
     dump_date: str = _env("DUMP_DATE", "20260101")
     wiki: str = _env("WIKI", "commonswiki")
+    # The image store, shared by every dump date, taxonomy and heuristics ("" = <data_root>/images).
+    images_root: str = _env("IMAGES_ROOT", "")
 
 
 WIT_TRAIN_FILES = tuple(f"wit_v1.train.all-{i:05d}-of-00010.tsv.gz" for i in range(10))
@@ -90,31 +92,33 @@ class WitConfig:
 
 @dataclass
 class ShardConfig:
-    image_size: int = _env("IMAGE_SIZE", 64)
+    """Downloading images into the image store: what is fetched, and how politely."""
+
     # Requested thumbnail width; snapped up to the next of Wikimedia's standard thumbnail
-    # steps, since its CDN refuses other sizes (HTTP 429) since 2026.
+    # steps, since its CDN refuses other sizes (HTTP 429) since 2026. The store keeps what
+    # was fetched at this width; training and inference resize when they read.
     thumb_width: int = _env("THUMB_WIDTH", 120)
     thumbnail_steps: tuple = _env("THUMBNAIL_STEPS", (20, 40, 60, 120, 250, 330, 500, 960, 1280, 1920, 3840))
+    # Thumbnails come from this host (Wikimedia is moving them to thumb.wikimedia.org, same paths).
+    thumb_host: str = _env("THUMB_HOST", "https://upload.wikimedia.org")
     originals: bool = _env("DOWNLOAD_ORIGINALS", False)
+    # Images per store shard (tar).
     shard_size: int = _env("SHARD_SIZE", 1000)
     user_agent: str = _env(
         "USER_AGENT", "wiki-image-topics/0.1 (https://example.org/wiki-image-topics; set USER_AGENT) requests"
     )
+    # Requests in flight per host. One process downloads for the whole stage, so this and the
+    # bandwidth cap hold for the whole cluster.
     per_host_concurrency: int = _env("PER_HOST_CONCURRENCY", 2)
     bandwidth_bytes_per_s: int = _env("BANDWIDTH_BYTES_PER_S", 3_000_000)
     timeout_s: float = _env("HTTP_TIMEOUT_S", 30.0)
     max_retries: int = _env("HTTP_MAX_RETRIES", 5)
-    # Rewrites https://upload.wikimedia.org to a mirror (the demo's local server).
+    # Rewrites https://upload.wikimedia.org (and thumb_host) URLs to a mirror (the demo's local server).
     mirror_url: str = _env("WIKI_MIRROR_URL", "")
-    # Download threads per shard task (requests still wait for a per-host slot).
-    download_threads: int = _env("DOWNLOAD_THREADS", 8)
+    # Download threads (requests still wait for a per-host slot); 0 = per_host_concurrency per host.
+    download_threads: int = _env("DOWNLOAD_THREADS", 0)
     # Lock files that make per_host_concurrency hold across all processes of a machine ("" = temp dir).
     lock_dir: str = _env("HOST_LOCK_DIR", "")
-    # The stage's driver serves per-host permits to every task, so the cap holds for the whole
-    # cluster (off: per machine, by the lock files). permit_url is set by the stage for its tasks.
-    cluster_permits: bool = _env("CLUSTER_PERMITS", True)
-    permit_lease_s: float = _env("PERMIT_LEASE_S", 600.0)
-    permit_url: str = _env("PERMIT_URL", "")
     backoff_s: float = _env("HTTP_BACKOFF_S", 1.0)
     max_backoff_s: float = _env("HTTP_MAX_BACKOFF_S", 60.0)
     # A Retry-After longer than this gives up on the image (recorded, retried by a later run).
@@ -123,14 +127,17 @@ class ShardConfig:
     # Decompression-bomb guard (pixels) and smallest usable source side.
     max_pixels: int = _env("MAX_IMAGE_PIXELS", 64_000_000)
     min_side: int = _env("MIN_IMAGE_SIDE", 16)
+    # Only for sources wider than the thumbnail step (originals), re-encoded to that width.
     jpeg_quality: int = _env("JPEG_QUALITY", 90)
     progress_every_s: float = _env("PROGRESS_EVERY_S", 30.0)
-    # Re-run: retry images that failed transiently (timeout, 429, 5xx...) in complete shards.
+    # Re-run: retry images whose last attempt failed transiently (timeout, 429, 5xx...).
     retry_transient: bool = _env("RETRY_TRANSIENT", True)
 
 
 @dataclass
 class TrainConfig:
+    # Model input side; images are resized from the store when read, so changing it downloads nothing.
+    image_size: int = _env("IMAGE_SIZE", 64)
     backbone: str = _env("BACKBONE", "B0")
     weights: str = _env("WEIGHTS", "imagenet")
     trainable: str = _env("TRAINABLE_LAYERS", "all")

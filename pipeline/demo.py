@@ -57,6 +57,7 @@ def run_demo(
     seed: int = 0,
     epochs: int | None = None,
     logical_date: str | None = None,
+    extra_dump_dates: tuple[str, ...] = (),
 ) -> dict:
     from pipeline.sample import dumps_server, generator, server
 
@@ -75,9 +76,10 @@ def run_demo(
         marker.write_text(json.dumps({"args": wanted, "summary": summary}, default=str))
 
     published = dumps_server.publish(sample_dir / "dumps", sample_dir / "wit", sample_dir / "published",
-                                     in_progress_date=IN_PROGRESS_DUMP_DATE)
+                                     in_progress_date=IN_PROGRESS_DUMP_DATE, extra_dates=tuple(extra_dump_dates))
     dumps = dumps_server.DumpsServer(sample_dir / "published").start()
-    base_url, stop = server.serve(str(sample_dir / "images"))
+    image_requests = server.RequestCount()
+    base_url, stop = server.serve(str(sample_dir / "images"), count=image_requests)
     env = {
         **os.environ,
         **airflow_env(str(state_dir)),
@@ -117,8 +119,10 @@ def run_demo(
     finally:
         stop()
         dumps.stop()
-    result = outputs(load_settings(overrides, environ=env))
+    dump_date = max([SAMPLE_DUMP_DATE, *extra_dump_dates])
+    result = outputs(load_settings({**overrides, "paths.dump_date": dump_date}, environ=env))
     result["dumps_server_file_requests"] = len(dumps.file_requests())
+    result["image_server_requests"] = image_requests.value
     return result
 
 
@@ -140,8 +144,9 @@ def outputs(settings) -> dict:
         "graph": layout.category_depth,
         "labels": layout.labels("file_labels"),
         "wit_images": layout.wit_images,
-        "shards": layout.shards,
-        "manifest": layout.shard_manifest,
+        "image_store": summaries.get("shard", {}).get("image_store"),
+        "image_index": layout.image_index,
+        "images_downloaded": summaries.get("shard", {}).get("downloaded"),
         "predictions": layout.predictions,
         "report": summaries.get("report", {}).get("report", layout.reports),
         "mlflow_tracking_uri": settings.mlflow_uri,

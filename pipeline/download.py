@@ -6,13 +6,11 @@ details, few parallel connections per host, and backing off when told to
 
 - refuses Wikimedia hosts when the User-Agent has no contact (URL or e-mail)
   or still carries the ``set USER_AGENT`` placeholder;
-- caps concurrent requests per host (``per_host_concurrency``): for the whole
-  cluster through the permits the shard stage's driver serves
-  (``pipeline.permits``), or, without them, with a semaphore per host inside
-  a process *and* lock-file slots shared by every process on the machine
-  (Spark runs one Python worker per concurrent task, so a per-process
-  semaphore alone would multiply the cap by the task count);
-- caps bandwidth per host with a token bucket (per process);
+- caps concurrent requests per host (``per_host_concurrency``) with a
+  semaphore per host inside the process *and* lock-file slots shared by every
+  process on the machine. The shard stage downloads from one process, so the
+  cap holds for the whole cluster;
+- caps bandwidth per host with a token bucket (per process, so per stage run);
 - retries timeouts, connection resets, 5xx and 429 with exponential backoff
   and jitter, honouring Retry-After (seconds or an HTTP date); other 4xx are
   recorded, not retried;
@@ -61,10 +59,11 @@ class FetchResult:
 
 
 # ------------------------------------------------------------------ URLs
-def rewrite_mirror(url: str, mirror_url: str) -> str:
-    """Point upload.wikimedia.org URLs at a mirror (the demo's local server)."""
-    if mirror_url and url.startswith(UPLOAD_BASE):
-        return mirror_url.rstrip("/") + url[len(UPLOAD_BASE):]
+def rewrite_mirror(url: str, mirror_url: str, hosts=(UPLOAD_BASE,)) -> str:
+    """Point upload.wikimedia.org (and thumbnail host) URLs at a mirror (the demo's local server)."""
+    for host in hosts:
+        if mirror_url and host and url.startswith(host.rstrip("/")):
+            return mirror_url.rstrip("/") + url[len(host.rstrip("/")):]
     return url
 
 
@@ -85,8 +84,8 @@ def source_url(title: str, shard, mime_type: str | None = None, original_width: 
     if shard.originals or (not is_svg and original_width and original_width <= width):
         url = commons_url(title)
     else:
-        url = thumb_url(title, width)
-    return rewrite_mirror(url, shard.mirror_url)
+        url = thumb_url(title, width, shard.thumb_host or UPLOAD_BASE)
+    return rewrite_mirror(url, shard.mirror_url, (UPLOAD_BASE, shard.thumb_host))
 
 
 def has_contact(user_agent: str) -> bool:
@@ -212,12 +211,7 @@ class Downloader:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update({"User-Agent": self.user_agent, "Accept": "image/*,*/*;q=0.5"})
-        if shard.permit_url:  # the shard stage's cluster-wide permits
-            from pipeline.permits import RemoteSlots
-
-            self.slots = RemoteSlots(shard.permit_url, timeout_s=shard.timeout_s)
-        else:
-            self.slots = HostSlots(shard.per_host_concurrency, shard.lock_dir)
+        self.slots = HostSlots(shard.per_host_concurrency, shard.lock_dir)
         self._buckets: dict[str, TokenBucket] = {}
         self._guard = threading.Lock()
         self._sleep = sleep

@@ -124,15 +124,9 @@ class Layout:
         return join(self.root, "wit", self.label_key, "rejects")
 
     @property
-    def shards(self) -> str:
-        return join(self.root, "shards", self.label_key)
-
-    def shard_dir(self, split: str) -> str:
-        return join(self.shards, split)
-
-    @property
-    def shard_manifest(self) -> str:
-        return join(self.shards, "manifest")
+    def image_index(self) -> str:
+        """The run's images joined with the image store: labels, split, where the bytes are."""
+        return join(self.root, "image_index", self.label_key)
 
     @property
     def predictions(self) -> str:

@@ -20,9 +20,9 @@ from pipeline.taxonomy import TAXONOMY_DIR
 
 # What the outputs depend on: every setting of these sections, plus these single fields.
 OUTPUT_SECTIONS = ("label", "wit", "train")
-OUTPUT_FIELDS = ("spark.max_reject_share", "shard.image_size", "shard.thumb_width", "shard.thumbnail_steps",
-                 "shard.originals", "shard.shard_size", "shard.jpeg_quality", "shard.min_side",
-                 "shard.max_pixels", "fetch.categorylinks_layout", "fetch.wit_files", "tracking.model_name")
+OUTPUT_FIELDS = ("spark.max_reject_share", "shard.thumb_width", "shard.thumbnail_steps", "shard.originals",
+                 "shard.jpeg_quality", "shard.min_side", "shard.max_pixels", "fetch.categorylinks_layout",
+                 "fetch.wit_files", "tracking.model_name")
 
 
 def output_settings(settings) -> dict:

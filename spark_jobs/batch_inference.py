@@ -3,21 +3,23 @@
 The model (an MLflow pyfunc; by default the registered model's `champion`
 alias, or the exact version the DAG's train task just produced) is downloaded
 once by the driver and shipped to executors with ``SparkContext.addFile``.
-Each task reads whole WebDataset shards and predicts in batches; the driver
-only ever sees the list of shard paths. Images whose download failed get a row
-too, with null probabilities and their manifest status, so the output has one
-row per image of the WIT stage.
+It reads the run's image index (``Layout.image_index``); each task takes the
+images of some store shards, reads their bytes by offset, preprocesses them
+as training did (``pipeline.imaging.preprocess``, at the model's input size)
+and predicts in batches; the driver only counts. Images without bytes (their
+download failed) get a row too, with null probabilities and their status, so
+the output has one row per image of the WIT stage.
 """
 
 from __future__ import annotations
 
-import io
 import os
 
 from pipeline.atomic import write_spark
 from pipeline.errors import StageError, require_input
-from pipeline.layout import Layout, join
+from pipeline.layout import Layout
 from pipeline.spark import get_spark
+from pipeline.store import store_root
 from pipeline.taxonomy import Taxonomy
 
 STAGE = "infer"
@@ -55,70 +57,37 @@ def _predictor(local_dir: str):
     return _PREDICTORS[local_dir]
 
 
-def _decode(jpeg: bytes, size: int):
-    import numpy as np
-    from PIL import Image
+def predict_rows(batches, model_name: str, slugs: list[str], size: int, store: str):
+    """mapInPandas body: index rows (key, shard, offset, size) in, one row of probabilities per image out.
 
-    with Image.open(io.BytesIO(jpeg)) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size))
-        return np.asarray(im, dtype="uint8")
-
-
-def predict_shards(batches, model_name: str, slugs: list[str], size: int, shards_root: str):
-    """mapInPandas body: shard paths in, one row of probabilities per sample out."""
-    import fsspec
+    Rows arrive grouped by shard and in offset order, so each task reads its
+    tars front to back; images go through ``pipeline.imaging.preprocess``.
+    """
     import numpy as np
     import pandas as pd
     from pyspark import SparkFiles
 
+    from pipeline.imaging import ImageError, preprocess
+    from pipeline.store import read_payload
+
     predictor = _predictor(SparkFiles.get(model_name))
-    for paths in batches:
-        for shard in paths["shard"]:
-            keys, meta, images = [], [], []
-
-            def flush():
-                if not images:
-                    return None
-                probs = predictor.predict_arrays(np.stack(images)).astype("float64")
-                out = pd.DataFrame(meta)
-                out["image_key"] = keys
-                for j, s in enumerate(slugs):
-                    out[f"p_{s}"] = probs[:, j]
-                out["predicted"] = predictor.predicted_labels(probs)
-                keys.clear(), meta.clear(), images.clear()
-                return out
-
-            with fsspec.open(join(shards_root, shard), "rb") as f:
-                for sample in _samples(f):
-                    keys.append(sample["__key__"])
-                    meta.append({"shard": shard})
-                    images.append(_decode(sample["jpg"], size))
-                    if len(images) >= BATCH:
-                        yield flush()
-            out = flush()
-            if out is not None:
-                yield out
-
-
-def _samples(stream):
-    """Group the members of a WebDataset tar stream into samples by key."""
-    import tarfile
-
-    current: dict = {}
-    with tarfile.open(fileobj=stream, mode="r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            current[ext] = tar.extractfile(member).read()
-    if current:
-        yield current
+    for pdf in batches:
+        pdf = pdf.sort_values(["shard", "offset"])
+        for start in range(0, len(pdf), BATCH):
+            chunk = pdf.iloc[start:start + BATCH]
+            images = []
+            for r in chunk.itertuples(index=False):
+                path = f"{store.rstrip('/')}/{r.shard}"
+                try:
+                    images.append(preprocess(read_payload(path, r.offset, r.size), size))
+                except ImageError as e:
+                    raise StageError(STAGE, path, f"image {r.image_key!r} at byte {r.offset}: {e}") from e
+            probs = predictor.predict_arrays(np.stack(images)).astype("float64")
+            out = pd.DataFrame({"image_key": chunk["image_key"].to_numpy()})
+            for j, s in enumerate(slugs):
+                out[f"p_{s}"] = probs[:, j]
+            out["predicted"] = predictor.predicted_labels(probs)
+            yield out
 
 
 def run(settings) -> dict:
@@ -129,34 +98,34 @@ def run(settings) -> dict:
 
     layout = Layout.from_settings(settings)
     taxonomy = Taxonomy.load(settings.label.taxonomy)
-    manifest_path = require_input(STAGE, layout.shard_manifest, "shard manifest")
+    index_path = require_input(STAGE, layout.image_index, "image index (from the shard stage)")
     model_uri, version = resolve_model(settings)
 
     local_model = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None)
     model_name = os.path.basename(local_model.rstrip("/"))
+    input_size = _predictor(local_model).image_size  # the model's own input size, whatever the settings say
 
     spark = get_spark(settings, STAGE)
     spark.sparkContext.addFile(local_model, recursive=True)
-    manifest = spark.read.parquet(manifest_path)
-    shards = manifest.where(F.col("status") == "ok").select("shard").distinct().orderBy("shard")
-    n_shards = shards.count()
+    index = spark.read.parquet(index_path)
+    stored = index.where(F.col("status") == "ok").select("image_key", "shard", "offset", "size")
+    n_shards = stored.select("shard").distinct().count()
     if n_shards == 0:
-        raise StageError(STAGE, manifest_path, "no shard holds an image with status ok")
+        raise StageError(STAGE, index_path, "no image of this run has bytes in the image store")
 
     slugs = taxonomy.slugs
     schema = T.StructType(
-        [T.StructField("shard", T.StringType()), T.StructField("image_key", T.StringType())]
+        [T.StructField("image_key", T.StringType())]
         + [T.StructField(f"p_{s}", T.DoubleType()) for s in slugs]
         + [T.StructField("predicted", T.ArrayType(T.StringType()))]
     )
-    size, root = settings.shard.image_size, layout.shards
-    predictions = shards.repartition(n_shards, "shard").mapInPandas(
-        lambda it: predict_shards(it, model_name, slugs, size, root), schema
+    store = store_root(settings)
+    predictions = stored.repartition(n_shards, "shard").mapInPandas(
+        lambda it: predict_rows(it, model_name, slugs, input_size, store), schema
     )
     result = (
-        manifest.select("image_key", "file_title", "split", "status")
-        .join(predictions.drop("shard"), "image_key", "left")
-        .join(spark.read.parquet(layout.wit_images).select("image_key", "labeled"), "image_key", "left")
+        index.select("image_key", "file_title", "split", "labeled", "status")
+        .join(predictions, "image_key", "left")
         .withColumn("model_uri", F.lit(model_uri))
         .withColumn("model_version", F.lit(version))
         .select(

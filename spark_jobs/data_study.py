@@ -90,13 +90,13 @@ def run(settings) -> dict:
     taxonomy = Taxonomy.load(settings.label.taxonomy)
     names = taxonomy.names
     images_path = require_input(STAGE, layout.wit_images, "WIT images")
-    manifest_path = require_input(STAGE, layout.shard_manifest, "shard manifest")
+    index_path = require_input(STAGE, layout.image_index, "image index (from the shard stage)")
     predictions_path = require_input(STAGE, layout.predictions, "predictions")
 
     spark = get_spark(settings, STAGE)
     images = spark.read.parquet(images_path)
     predictions = spark.read.parquet(predictions_path)
-    manifest = spark.read.parquet(manifest_path)
+    manifest = spark.read.parquet(index_path)
 
     graph_hier = label_counts(images, "labels_hier", names)
     graph_flat = label_counts(images, "labels", names)

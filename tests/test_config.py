@@ -48,4 +48,4 @@ def test_layout_is_keyed_by_dump_date_and_labeling():
     assert layout.dump("page") == "data/sample/dumps/commonswiki-20250301-page.sql.gz"
     assert layout.category_depth == "s3://bucket/lake/20250301/graph/category_depth"
     assert layout.labels("file_labels") == "s3://bucket/lake/20250301/labels/v1.4/headJ+depth/file_labels"
-    assert layout.shard_dir("train") == "s3://bucket/lake/20250301/shards/v1.4/headJ+depth/train"
+    assert layout.image_index == "s3://bucket/lake/20250301/image_index/v1.4/headJ+depth"

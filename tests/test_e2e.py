@@ -22,7 +22,7 @@ def demo(tmp_path_factory):
 
 def test_dag_run_produces_every_output(demo):
     root, result = demo
-    for key in ["ingest", "graph", "labels", "wit_images", "shards", "manifest", "predictions", "report"]:
+    for key in ["ingest", "graph", "labels", "wit_images", "image_store", "image_index", "predictions", "report"]:
         assert Path(result[key]).exists(), key
     assert result["mlflow_run_id"]
 
@@ -46,17 +46,22 @@ def test_tables_and_labels_of_fixture_files(demo):
     assert depth["CommonsRoot"] == 1
 
 
-def test_shards_are_readable_with_webdataset(demo):
+def test_store_is_webdataset_without_labels_and_the_index_has_them(demo):
+    import pyarrow.parquet as pq
     import webdataset as wds
 
     _, result = demo
-    tars = sorted(Path(result["shards"]).glob("*/shard-*.tar"))
+    tars = sorted(Path(result["image_store"]).glob("shards/shard-*.tar"))
     assert tars
     samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode("rgb8"))
-    assert samples
+    statuses = pq.read_table(result["image_index"], columns=["status"]).column("status").to_pylist()
+    assert len(samples) == statuses.count("ok") and result["images_downloaded"] == len(statuses)
+    image = samples[0].get("jpg", samples[0].get("png"))
+    assert image.shape[1] <= 120  # the fetched thumbnail, not resized for the model
     meta = samples[0]["json"]
-    assert samples[0]["jpg"].shape == (64, 64, 3)
-    assert len(meta["multi_hot"]) == 31 and set(meta) >= {"file_title", "labels", "split"}
+    assert "labels" not in meta and "split" not in meta and meta["image_key"] == samples[0]["__key__"]
+    index = pq.read_table(result["image_index"]).to_pandas()
+    assert len(index["multi_hot"].iloc[0]) == 31 and {"labels", "split", "shard", "offset"} <= set(index.columns)
 
 
 def test_mlflow_run_has_test_metrics_and_model(demo):
@@ -137,3 +142,23 @@ def test_a_later_night_on_the_same_dump_skips_every_stage(demo):
                              (run_id,)).fetchall())
     assert states.pop("resolve_dump") == "success"
     assert set(states.values()) == {"skipped"} and "train" in states and "fetch" in states
+
+
+def test_a_new_dump_of_the_same_sample_downloads_no_image(demo):
+    """Night 2: a new dump date, the same WIT: the whole DAG runs, and not one image is fetched again."""
+    import pyarrow.parquet as pq
+
+    from pipeline.demo import run_demo
+
+    root, first = demo
+    overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
+                 "label.heuristics": "depth"}
+    night2 = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=1,
+                      logical_date="2026-03-02", extra_dump_dates=("20260301",))
+    assert night2["dump_date"] == "20260301"
+    assert night2["image_server_requests"] == 0 and night2["images_downloaded"] == 0
+    assert night2["dumps_server_file_requests"] == 5  # the new dump's tables; WIT is verified, not fetched
+    assert night2["mlflow_run_id"] != first["mlflow_run_id"]  # it trained, on the same store
+    assert night2["image_store"] == first["image_store"]
+    predictions = pq.read_table(night2["predictions"]).to_pandas()
+    assert predictions["p_stem"].notna().sum() > 0.8 * len(predictions)

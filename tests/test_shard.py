@@ -1,12 +1,14 @@
-"""The shard stage end to end against a faulty local mirror: statuses, cap, resume."""
+"""The shard stage end to end against a faulty local mirror: the image store, statuses, cap, resume."""
 
 from __future__ import annotations
 
-import glob
+import signal
+import subprocess
+import sys
+import time
 import io
 import json
 import os
-import tarfile
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -19,7 +21,10 @@ from pipeline.download import source_url
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
 from pipeline.wit import commons_url, image_key, split_for
+from pipeline.store import ImageStore, store_root
 from tests.test_download import UA, FaultServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GOOD = [f"Good {i}.jpg" for i in range(7)] + ["Drawing.svg"]
 # title -> (server faults, expected status); files exist unless said
@@ -38,7 +43,7 @@ def image_bytes(i: int, fmt="JPEG") -> bytes:
     return buf.getvalue()
 
 
-def write_wit_images(layout: Layout, titles: list[str]):
+def write_wit_images(layout: Layout, titles: list[str], labels_of=None):
     rows = []
     for i, t in enumerate(titles):
         labeled = i % 3 != 0
@@ -48,7 +53,8 @@ def write_wit_images(layout: Layout, titles: list[str]):
             "original_width": 4000, "original_height": 3000,
             "page_titles": [f"Page {i}"], "reference_captions": [f"ref {i}"], "attribution_captions": [],
             "alt_captions": [], "n_rows": 1, "labeled": labeled,
-            "labels": ["Plants"] if labeled else [], "labels_hier": ["STEM", "Nature", "Plants"] if labeled else [],
+            "labels": (labels_of or {}).get(t, ["Plants"]) if labeled else [],
+            "labels_hier": ["STEM", "Nature", "Plants"] if labeled else [],
             "split": split_for(t, 0.7, 0.1, 0.1),
         })
     schema = pa.schema([
@@ -59,48 +65,42 @@ def write_wit_images(layout: Layout, titles: list[str]):
         ("n_rows", pa.int32()), ("labeled", pa.bool_()), ("labels", pa.list_(pa.string())),
         ("labels_hier", pa.list_(pa.string())), ("split", pa.string()),
     ])
+    import shutil
+
+    shutil.rmtree(layout.wit_images, ignore_errors=True)
     os.makedirs(layout.wit_images)
     pq.write_table(pa.Table.from_pylist(rows, schema), f"{layout.wit_images}/part-0.parquet")
 
 
-def read_shards(layout: Layout) -> dict[str, bytes]:
-    """relative tar path -> its bytes."""
+def store_files(settings) -> dict[str, bytes]:
+    """Every file of the store (relative path -> bytes), lock and settings aside."""
+    root = store_root(settings)
     out = {}
-    for p in sorted(glob.glob(f"{layout.shards}/*/shard-*.tar")):
-        out[os.path.relpath(p, layout.shards)] = open(p, "rb").read()
+    for d in ("shards", "manifest"):
+        folder = os.path.join(root, d)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            out[f"{d}/{name}"] = open(os.path.join(folder, name), "rb").read()
     return out
 
 
-def samples(tars: dict[str, bytes]) -> dict[str, tuple]:
-    out = {}
-    for name, data in tars.items():
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            members = tar.getmembers()
-            assert all(m.mtime == 0 for m in members)
-            for m in members:
-                key, ext = m.name.split(".", 1)
-                out.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    return {k: (v["jpg"], v["json"]) for k, v in out.items()}
+def manifest_rows(settings) -> dict[str, dict]:
+    """The store manifest as the stage reads it: newest row per image."""
+    rows = {}
+    for path in ImageStore(store_root(settings)).manifest_files():
+        for r in pq.read_table(path).to_pylist():
+            if r["image_key"] not in rows or r["batch"] >= rows[r["image_key"]]["batch"]:
+                rows[r["image_key"]] = r
+    return rows
 
 
-@pytest.fixture
-def mirror():
-    s = FaultServer(delay_s=0.02)
-    yield s
-    s.close()
-
-
-def test_shard_stage_statuses_cap_and_resume(spark, tmp_path, mirror):
-    from spark_jobs import shard_images
-
-    settings = load_settings({
+def stage_settings(tmp_path, mirror, **over):
+    return load_settings({
         "paths.data_root": str(tmp_path / "lake"),
         "paths.state_dir": str(tmp_path / "state"),
         "spark.master": "local[2]",
         "spark.shuffle_partitions": "4",
         "shard.user_agent": UA,
         "shard.mirror_url": mirror.url,
-        "shard.image_size": "32",
         "shard.shard_size": "2",
         "shard.timeout_s": "0.5",
         "shard.backoff_s": "0.01",
@@ -110,86 +110,168 @@ def test_shard_stage_statuses_cap_and_resume(spark, tmp_path, mirror):
         "shard.download_threads": "4",
         "shard.lock_dir": str(tmp_path / "locks"),
         "shard.progress_every_s": "0.2",
+        **over,
     }, environ={})
+
+
+def serve_titles(mirror, settings, titles, special=SPECIAL):
+    path_of = {t: unquote(urlsplit(source_url(t, settings.shard, None, 4000)).path) for t in titles}
+    for i, t in enumerate(titles):
+        if t in special:
+            faults = special[t][0]
+            if faults is not None:
+                mirror.files[path_of[t]] = b"\xff\xd8garbage" if t == "Corrupt.jpg" else image_bytes(9)
+                mirror.faults[path_of[t]] = faults
+        else:
+            mirror.files[path_of[t]] = image_bytes(i % 50, "PNG" if t.endswith(".svg") else "JPEG")
+    return path_of
+
+
+@pytest.fixture
+def mirror():
+    s = FaultServer(delay_s=0.02)
+    yield s
+    s.close()
+
+
+def test_store_statuses_cap_labels_apart_and_resume(spark, tmp_path, mirror):
+    import webdataset as wds
+
+    from spark_jobs import shard_images
+
+    settings = stage_settings(tmp_path, mirror)
     layout = Layout.from_settings(settings)
     titles = GOOD + list(SPECIAL)
     write_wit_images(layout, titles)
-    path_of = {t: unquote(urlsplit(source_url(t, settings.shard, None, 4000)).path) for t in titles}
-    for i, t in enumerate(GOOD):
-        mirror.files[path_of[t]] = image_bytes(i, "PNG" if t.endswith(".svg") else "JPEG")
-    for t, (faults, _) in SPECIAL.items():
-        if faults is not None:
-            mirror.files[path_of[t]] = b"\xff\xd8garbage" if t == "Corrupt.jpg" else image_bytes(9)
-            mirror.faults[path_of[t]] = faults
+    path_of = serve_titles(mirror, settings, titles)
     expected = {t: "ok" for t in GOOD} | {t: s for t, (_, s) in SPECIAL.items()}
 
     # ---- first run
     summary = shard_images.run(settings)
     assert summary["images"] == len(titles) and summary["downloaded"] == len(titles)
     assert summary["status_counts"] == {s: list(expected.values()).count(s) for s in set(expected.values())}
-    assert mirror.max_inflight <= 2
-    # the cap came from the driver's permits: one per request attempt
-    assert summary["permits"]["per_host_cap"] == "cluster-wide (driver permits)"
-    assert summary["permits"]["permits_granted"] >= summary["downloaded"] and summary["permits"]["permits_expired"] == 0
-    manifest = {r["file_title"]: r.asDict() for r in spark.read.parquet(layout.shard_manifest).collect()}
-    assert {t: r["status"] for t, r in manifest.items()} == expected
-    tars1 = read_shards(layout)
-    got = samples(tars1)
-    assert set(got) == {image_key(t) for t in titles if expected[t] == "ok"}
-    for t, r in manifest.items():
-        assert (r["shard"] is not None) == (r["status"] == "ok")
-        if r["status"] == "ok":
-            assert r["shard"] in tars1 and r["shard"].startswith(r["split"] + "/")
-            img = Image.open(io.BytesIO(got[image_key(t)][0]))
-            assert img.size == (32, 32) and img.mode == "RGB"
-        else:
-            assert r["error"]
-    doc = json.loads(got[image_key("Good 1.jpg")][1])
+    assert mirror.max_inflight == 2  # the cap, and the downloader uses all of it
+    manifest = manifest_rows(settings)
+    assert {r["file_title"]: r["status"] for r in manifest.values()} == expected
+    assert all((r["shard"] is not None) == (r["status"] == "ok") for r in manifest.values())
+    assert all(r["error"] for r in manifest.values() if r["status"] != "ok")
+    # the tars are WebDataset: the bytes as fetched plus the image's own metadata, no labels, no split
+    root = store_root(settings)
+    tars = sorted(f"{root}/{p}" for p in store_files(settings) if p.startswith("shards/"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False))
+    assert {x["__key__"] for x in samples} == {image_key(t) for t, s in expected.items() if s == "ok"}
+    for x in samples:
+        meta = json.loads(x["json"])
+        assert set(meta) == {"image_key", "file_title", "width", "height", "bytes", "mime", "ext", "source_url"}
+        payload = x.get("jpg") or x.get("png")
+        assert payload is not None and Image.open(io.BytesIO(payload)).width == meta["width"]
+        row = manifest[x["__key__"]]
+        with open(f"{root}/{row['shard']}", "rb") as f:  # the manifest's offset points at the payload
+            f.seek(row["offset"])
+            assert f.read(row["size"]) == payload
+    # the run's index joins labels at read time
+    index = {r["file_title"]: r for r in pq.read_table(layout.image_index).to_pylist()}
+    assert {t: r["status"] for t, r in index.items()} == expected
     names = Taxonomy.load("v1.3").names
-    assert doc["labels"] == ["Plants"] and len(doc["multi_hot"]) == len(names)
-    assert doc["multi_hot"][names.index("Plants")] == 1 and sum(doc["multi_hot_hier"]) == 3
-    assert doc["taxonomy"] == "v1.3" and doc["page_titles"] == ["Page 1"]
+    good1 = index["Good 1.jpg"]
+    assert good1["labels"] == ["Plants"] and good1["multi_hot"][names.index("Plants")] == 1
+    assert sum(good1["multi_hot_hier"]) == 3 and good1["shard"] == manifest[image_key("Good 1.jpg")]["shard"]
 
-    # ---- interrupt: lose one finished tar, one manifest part, leave a half-written temp file
-    ok_rows = sorted((r for r in manifest.values() if r["status"] == "ok"), key=lambda r: r["shard"])
-    lost_tar = ok_rows[0]["shard"]
-    lost_part = next(r["shard"] for r in ok_rows if r["shard"] != lost_tar)
-    os.remove(f"{layout.shards}/{lost_tar}")
-    split, name = lost_part.split("/")
-    os.remove(f"{layout.shards}/_manifest_parts/{split}/{name.replace('.tar', '.parquet')}")
-    temp = f"{layout.shards}/{lost_tar}.__tmp-deadbeef0000"
-    with open(temp, "wb") as f:
-        f.write(b"half a tar")
+    # ---- a re-run downloads only the transient failure again; shards are never rewritten
+    before = store_files(settings)
     hits_before = dict(mirror.hits)
-    redo_all = {t for t in titles if _shard_of(spark, layout, t) in (lost_tar, lost_part)}
-
     summary2 = shard_images.run(settings)
-    assert not os.path.exists(temp)
-    tars2 = read_shards(layout)
-    assert tars2 == tars1  # byte-identical shards: no duplicates, no losses
-    assert {t: r["status"] for t, r in
-            ((r["file_title"], r) for r in spark.read.parquet(layout.shard_manifest).collect())} == expected
-    # downloads: only the two rebuilt shards, plus a retry of the transient failure
-    refetched = {t for t in titles if mirror.hits.get(path_of[t], 0) > hits_before.get(path_of[t], 0)}
-    assert refetched == redo_all | {"Later.jpg"}
-    assert summary2["downloaded"] == len(refetched)
-
-    # ---- the transient failure recovers: one download, its shard gains the sample
-    mirror.faults[path_of["Later.jpg"]] = ["ok"]
-    hits_before = dict(mirror.hits)
-    summary3 = shard_images.run(settings)
-    assert summary3["downloaded"] == 1 and summary3["status_counts"]["ok"] == summary["status_counts"]["ok"] + 1
+    assert summary2["to_download"] == 1
     assert {p for p in mirror.hits if mirror.hits[p] > hits_before.get(p, 0)} == {path_of["Later.jpg"]}
-    got3 = samples(read_shards(layout))
-    assert set(got3) == set(got) | {image_key("Later.jpg")}
-    assert all(got3[k] == got[k] for k in got)
-    assert mirror.max_inflight <= 2
+    after = store_files(settings)
+    assert all(after[p] == before[p] for p in before)
+
+    # ---- the transient failure recovers: one download, a new shard, the index has it
+    mirror.faults[path_of["Later.jpg"]] = ["ok"]
+    summary3 = shard_images.run(settings)
+    assert summary3["downloaded"] == 1 and summary3["ok"] == summary["ok"] + 1
+    assert manifest_rows(settings)[image_key("Later.jpg")]["status"] == "ok"
+
+    # ---- new labels (another dump), the same images: nothing to download, the index follows the labels
+    write_wit_images(layout.__class__(**{**layout.__dict__, "dump_date": "20260201"}), titles,
+                     labels_of={t: ["Animals"] for t in titles})
+    s2 = stage_settings(tmp_path, mirror, **{"paths.dump_date": "20260201"})
+    hits_before = dict(mirror.hits)
+    summary4 = shard_images.run(s2)
+    assert summary4["downloaded"] == 0 and mirror.hits == hits_before
+    index2 = {r["file_title"]: r for r in pq.read_table(Layout.from_settings(s2).image_index).to_pylist()}
+    assert index2["Good 1.jpg"]["labels"] == ["Animals"]
+    assert index2["Good 1.jpg"]["offset"] == good1["offset"]
+
+    # ---- three new images in the next WIT: exactly those are fetched, into a new shard
+    new = ["New 1.jpg", "New 2.jpg", "New 3.jpg"]
+    write_wit_images(Layout.from_settings(s2), titles + new)
+    serve_titles(mirror, s2, new, special={})
+    hits_before = dict(mirror.hits)
+    summary5 = shard_images.run(s2)
+    assert summary5["downloaded"] == 3 and summary5["download"]["shards_added"] == 2
+    fetched = {p for p in mirror.hits if mirror.hits[p] > hits_before.get(p, 0)}
+    assert fetched == {unquote(urlsplit(source_url(t, s2.shard, None, 4000)).path) for t in new}
+    assert all(store_files(s2)[p] == after[p] for p in after)
 
 
-def _shard_of(spark, layout, title):
-    """The shard a title is assigned to (also for failed images, whose manifest shard is null)."""
-    rows = spark.read.parquet(layout.wit_images).select("image_key", "split").collect()
-    key = image_key(title)
-    split = next(r["split"] for r in rows if r["image_key"] == key)
-    keys = sorted(r["image_key"] for r in rows if r["split"] == split)
-    return f"{split}/shard-{keys.index(key) // 2:06d}.tar"
+def test_a_killed_run_resumes_to_the_same_manifest(spark, tmp_path, mirror):
+    """SIGKILL mid-download, resume: the same images and statuses as an uninterrupted run, none twice."""
+    from spark_jobs import shard_images
+
+    mirror.delay_s = 0.05
+    settings = stage_settings(tmp_path, mirror)
+    layout = Layout.from_settings(settings)
+    titles = [f"Image {i}.jpg" for i in range(40)] + ["Missing.jpg"]
+    write_wit_images(layout, titles)
+    serve_titles(mirror, settings, titles, special={"Missing.jpg": (None, "http_404")})
+    overrides = {"paths.data_root": settings.paths.data_root, "paths.state_dir": settings.paths.state_dir,
+                 "shard.user_agent": UA, "shard.mirror_url": mirror.url, "shard.shard_size": "2",
+                 "shard.per_host_concurrency": "2", "shard.lock_dir": settings.shard.lock_dir,
+                 "spark.master": "local[1]"}
+    args = [f"--set={k}={v}" for k, v in overrides.items()]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "shard", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    manifest_dir = os.path.join(store_root(settings), "manifest")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(os.listdir(manifest_dir) if os.path.isdir(manifest_dir) else []) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = manifest_rows(settings)
+    assert 0 < len(partial) < len(titles), "killed mid-download"
+    # a half-written shard as the kill leaves it, and one whose batch file never got written
+    root = store_root(settings)
+    with open(f"{root}/shards/shard-999998.tar.__tmp-1234", "wb") as f:
+        f.write(b"half a tar")
+    with open(f"{root}/shards/shard-999999.tar", "wb") as f:
+        f.write(b"no batch file")
+
+    summary = shard_images.run(settings)
+    assert summary["recovered"]["orphan_shards"] >= 1 and summary["recovered"]["temp_files"] >= 1
+    final = manifest_rows(settings)
+    assert {r["file_title"]: r["status"] for r in final.values()} == \
+        {t: ("http_404" if t == "Missing.jpg" else "ok") for t in titles}
+    assert summary["downloaded"] == len(titles) - len(partial)
+    # every stored image is in exactly one shard, and its bytes read back
+    seen = {}
+    for path in ImageStore(root).manifest_files():
+        for r in pq.read_table(path).to_pylist():
+            if r["status"] == "ok":
+                assert r["image_key"] not in seen, "stored twice"
+                seen[r["image_key"]] = r
+    assert set(seen) == {k for k, r in final.items() if r["status"] == "ok"}
+    assert not [n for n in os.listdir(f"{root}/shards") if n.startswith("shard-99999")]
+
+
+def test_two_runs_on_one_store_are_refused(spark, tmp_path, mirror):
+    from pipeline.errors import StageError
+    from spark_jobs import shard_images
+
+    settings = stage_settings(tmp_path, mirror)
+    write_wit_images(Layout.from_settings(settings), GOOD[:2])
+    serve_titles(mirror, settings, GOOD[:2])
+    with ImageStore(store_root(settings)).lock():
+        with pytest.raises(StageError, match="another run is writing this image store"):
+            shard_images.run(settings)

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 from pathlib import Path
 
@@ -28,7 +27,7 @@ SIZES = {"train": 1024, "validation": 64, "threshold": 96, "test": 128}
 # (1024 images, batch 16, lr 2e-3). With 16 steps (512 images, batch 32) the BatchNorm
 # moving statistics are still near their initial values and validation/test scores are noise.
 TRAIN = {
-    "shard.image_size": "32",
+    "train.image_size": "32",
     "train.backbone": "B0",
     "train.weights": "none",
     "train.epochs": "1",
@@ -49,7 +48,7 @@ def _settings(root: Path, **extra):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     s = _settings(root)
-    synthetic.write_shards(s, SIZES, shard_size=100, unlabeled_every=10)
+    synthetic.write_images(s, SIZES, shard_size=100, unlabeled_every=10)
     from training import train
 
     summary = train.run(s)
@@ -63,7 +62,7 @@ def trained(tmp_path_factory):
 def small_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("shards")
     s = _settings(root)
-    synthetic.write_shards(s, {"train": 50, "test": 7}, shard_size=20, unlabeled_every=5)
+    synthetic.write_images(s, {"train": 50, "test": 7}, shard_size=20, unlabeled_every=5)
     return s
 
 
@@ -107,38 +106,50 @@ def test_batches_shapes_shuffle_and_determinism(small_shards):
     for i, x_i in enumerate(got):
         assert np.array_equal(x_i, expected[i % len(small)])
     # (the race is rare under the GIL, so also check that each thread gets its own file object)
+    from pipeline import store
+
+    def handle(_):
+        store.read_payload(index.paths[0], int(index.offset[0]), int(index.size[0]))
+        return threading.get_ident(), id(store._handles()[index.paths[0]])
+
     with ThreadPoolExecutor(2) as pool:
-        handles = list(pool.map(lambda _: (threading.get_ident(), id(data._handle(index.paths[0]))), range(50)))
+        handles = list(pool.map(handle, range(50)))
     assert len({h for _, h in handles}) == len({t for t, _ in handles})
     # batch size is clipped to the split size
     assert len(data.ShardBatches(index, 10_000, 32)) == 1
 
 
 def test_empty_and_missing_splits_are_clear_errors(small_shards, tmp_path):
-    with pytest.raises(StageError, match="missing shard directory"):
+    with pytest.raises(StageError, match="no labeled, stored images"):
         data.split_index(small_shards, "validation", 31)
-    layout = Layout.from_settings(small_shards)
-    Path(layout.shard_dir("threshold")).mkdir(parents=True)
-    with pytest.raises(StageError, match="no shard-"):
-        data.split_index(small_shards, "threshold", 31)
+    with pytest.raises(StageError, match="missing image index"):
+        data.split_index(_settings(tmp_path / "empty"), "train", 31)
     # a split with only unlabeled samples
     s2 = _settings(tmp_path)
-    synthetic.write_shards(s2, {"test": 4}, unlabeled_every=1)
-    with pytest.raises(StageError, match="no labeled samples"):
+    synthetic.write_images(s2, {"test": 4}, unlabeled_every=1)
+    with pytest.raises(StageError, match=r"\(4 unlabeled, 0 without bytes\)"):
         data.split_index(s2, "test", 31)
 
 
-def test_malformed_sample_names_shard_and_key(tmp_path):
-    path = tmp_path / "shard-000000.tar"
-    with tarfile.open(path, "w") as tar:
-        for name, payload in (("abc123.jpg", b"\xff\xd8"), ("abc123.json", b'{"labeled": true, "multi_hot": [1, 0]}'),
-                              ("def456.json", b'{"labeled": true}')):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    with pytest.raises(StageError, match=r"abc123.*multi_hot must be a list of 31") as e:
-        data.index_shards([str(path)], "train", 31, hierarchical=False)
-    assert str(path) in str(e.value)
+def test_wrong_label_count_and_truncated_shard_name_the_file(small_shards, tmp_path):
+    with pytest.raises(StageError, match="the taxonomy has 30") as e:
+        data.split_index(small_shards, "train", 30)
+    assert Layout.from_settings(small_shards).image_index in str(e.value)
+    s2 = _settings(tmp_path)
+    out = synthetic.write_images(s2, {"train": 6}, shard_size=10)
+    index = data.split_index(s2, "train", 31)
+    with open(out["shards"][0], "r+b") as f:
+        f.truncate(int(index.offset[-1]) + 10)  # the last image is cut
+    data.close_handles()
+    with pytest.raises(StageError, match="truncated shard") as e:
+        data.read_images(index, np.arange(len(index)), 32)
+    assert out["shards"][0] in str(e.value)
+
+
+def test_changing_the_image_size_reads_the_same_store(small_shards):
+    index = data.split_index(small_shards, "train", 31)
+    small, big = data.read_images(index, [0, 1], 16), data.read_images(index, [0, 1], 48)
+    assert small.shape == (2, 16, 16, 3) and big.shape == (2, 48, 48, 3)
 
 
 # ---------------------------------------------------------------- training
@@ -201,6 +212,18 @@ def test_pyfunc_predicts_from_bytes_and_arrays(trained):
         assert row == [n for n, v, t in zip(tax.names, p, predictor.thresholds) if v >= t]
     out2 = model.unwrap_python_model().predict(None, x[:5])
     np.testing.assert_allclose(out2.iloc[:, :-1].to_numpy(), probs[:5], atol=1e-5)
+    # a non-square image is center-cropped, as in training (no train/serve skew)
+    from pipeline.imaging import preprocess
+
+    wide = np.zeros((40, 80, 3), dtype="uint8")
+    wide[:, 20:60] = x[0, 0, 0]
+    buf = io.BytesIO()
+    Image.fromarray(wide).save(buf, format="PNG")
+    served = model.predict(pd.DataFrame({"image": [buf.getvalue()]})).iloc[:, :-1].to_numpy()
+    trained_view = predictor.predict_arrays(preprocess(buf.getvalue(), 32)[None])
+    np.testing.assert_allclose(served, trained_view, atol=1e-5)
+    seen = preprocess(buf.getvalue(), 32).astype(int)  # only the middle square is seen, not squashed
+    assert (abs(seen[2:-2, 2:-2] - x[0, 0, 0].astype(int)) <= 2).all()
 
 
 def test_sigterm_ends_run_failed_and_moves_no_alias(trained, tmp_path):

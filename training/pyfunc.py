@@ -10,7 +10,6 @@ and on the Spark executors that share it).
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -23,26 +22,12 @@ except ImportError:  # loading without MLflow (load_from_dir) still works
     _Base = object
 
 
-def _decode_any(data, size: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(bytes(data))) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype="uint8")
-
-
-def _resize_array(x: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if x.shape[1:3] == (size, size):
-        return x
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in x])
-
-
 class TopicModel(_Base):
-    """pyfunc: DataFrame with ``image`` bytes (or uint8 N x H x W x 3) -> ``p_<slug>`` columns + ``predicted``."""
+    """pyfunc: DataFrame with ``image`` bytes (or uint8 N x H x W x 3) -> ``p_<slug>`` columns + ``predicted``.
+
+    Images go through ``pipeline.imaging.preprocess`` (center crop, resize), the
+    same function the training loader and batch inference use.
+    """
 
     batch_size = 256
 
@@ -74,7 +59,10 @@ class TopicModel(_Base):
         x = np.asarray(x)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected images N x H x W x 3, got shape {x.shape}")
-        return predict_probs(self.model, _resize_array(x.astype("uint8", copy=False), self.image_size), self.batch_size)
+        from pipeline.imaging import preprocess_array
+
+        return predict_probs(self.model, preprocess_array(x.astype("uint8", copy=False), self.image_size),
+                             self.batch_size)
 
     def predicted_labels(self, probs: np.ndarray) -> list[list[str]]:
         hits = probs >= self.thresholds
@@ -92,8 +80,10 @@ class TopicModel(_Base):
                 column = model_input["image"]
             else:
                 column = pd.Series(list(model_input))
+            from pipeline.imaging import preprocess
+
             x = (
-                np.stack([_decode_any(b, self.image_size) for b in column])
+                np.stack([preprocess(bytes(b), self.image_size) for b in column])
                 if len(column)
                 else np.zeros((0, self.image_size, self.image_size, 3), dtype="uint8")
             )

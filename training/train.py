@@ -1,6 +1,6 @@
-"""Stage ``train``: fit the EfficientNet topic classifier on the shards, evaluate, track, register.
+"""Stage ``train``: fit the EfficientNet topic classifier on the image store, evaluate, track, register.
 
-Flow: index the four splits (labeled samples only) -> fit on train with early
+Flow: index the four splits from the run's image index (labeled, stored images only) -> fit on train with early
 stopping on validation loss (best weights restored) -> per-label thresholds on
 the threshold split -> metrics on test -> log everything and the pyfunc model
 to one MLflow run -> after the run ended FINISHED, register the model and apply
@@ -89,7 +89,6 @@ def _params(settings: Settings, counts: dict, batch_size: int, distribution: str
     return {
         **{f"train.{k}": v for k, v in vars(t).items()},
         "batch_size_effective": batch_size,
-        "image_size": settings.shard.image_size,
         "taxonomy": settings.label.taxonomy,
         "heuristics": settings.label.heuristics,
         "dump_date": settings.paths.dump_date,
@@ -117,12 +116,13 @@ def run(settings: Settings) -> dict:
     keras.utils.set_random_seed(t.seed)
     tax = Taxonomy.load(settings.label.taxonomy)
     names, slugs, n_labels = tax.names, tax.slugs, len(tax.names)
-    size = settings.shard.image_size
+    size = settings.train.image_size
     layout = Layout.from_settings(settings)
 
     idx = {s: data.split_index(settings, s, n_labels) for s in ("train", "validation", "threshold", "test")}
     counts = {s: len(i) for s, i in idx.items()}
     counts.update({f"{s}_unlabeled": i.unlabeled for s, i in idx.items()})
+    counts.update({f"{s}_without_bytes": i.missing for s, i in idx.items()})
     batch = max(1, min(t.batch_size, counts["train"]))
     positives = idx["train"].y.sum(0)
     fingerprint = registry.test_fingerprint(idx["test"].keys)
@@ -138,7 +138,7 @@ def run(settings: Settings) -> dict:
         "heuristics": settings.label.heuristics,
         "dump_date": settings.paths.dump_date,
         registry.TAG_FINGERPRINT: fingerprint,
-        "shards": layout.shards,
+        "image_index": layout.image_index,
     }
     try:
         with tracking.start_run(run_name=f"{t.backbone}-{t.loss}-{settings.paths.dump_date}", tags=run_tags) as active:

@@ -105,7 +105,18 @@ def make_thumbnail(path: str, width: int) -> tuple[bytes, str]:
     return buf.getvalue(), ctype
 
 
-def _handler(root: str, cache: ThumbCache):
+class RequestCount:
+    """Image requests the server answered (GET and HEAD), for tests that assert on downloads."""
+
+    def __init__(self):
+        self.lock, self.value = threading.Lock(), 0
+
+    def add(self) -> None:
+        with self.lock:
+            self.value += 1
+
+
+def _handler(root: str, cache: ThumbCache, count: RequestCount):
     root = os.path.realpath(root)
 
     class Handler(BaseHTTPRequestHandler):
@@ -153,6 +164,7 @@ def _handler(root: str, cache: ThumbCache):
             return 404, None, None
 
         def _send(self, head_only: bool) -> None:
+            count.add()
             status, body, ctype = self._resolve()
             if status != 200:
                 body, ctype = b"<html><body><h1>404 Not Found</h1></body></html>\n", "text/html; charset=utf-8"
@@ -173,11 +185,11 @@ def _handler(root: str, cache: ThumbCache):
     return Handler
 
 
-def serve(images_root: str, host: str = "127.0.0.1", port: int = 0):
-    """Serve ``images_root`` in a background thread; return (base_url, stop_fn)."""
+def serve(images_root: str, host: str = "127.0.0.1", port: int = 0, count: RequestCount | None = None):
+    """Serve ``images_root`` in a background thread; return (base_url, stop_fn); ``count`` counts requests."""
     if not os.path.isdir(images_root):
         raise FileNotFoundError(f"images root {images_root!r} is not a directory (run `python -m pipeline sample`)")
-    httpd = ThreadingHTTPServer((host, port), _handler(images_root, ThumbCache()))
+    httpd = ThreadingHTTPServer((host, port), _handler(images_root, ThumbCache(), count or RequestCount()))
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, name="sample-image-server", daemon=True)
     thread.start()
