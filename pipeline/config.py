@@ -115,7 +115,8 @@ class ShardConfig:
     max_retries: int = _env("HTTP_MAX_RETRIES", 5)
     # Rewrites https://upload.wikimedia.org (and thumb_host) URLs to a mirror (the demo's local server).
     mirror_url: str = _env("WIKI_MIRROR_URL", "")
-    # Download threads (requests still wait for a per-host slot); 0 = per_host_concurrency per host.
+    # Download threads; requests still wait for a per-host slot, so extra threads only check and
+    # store images while others hold the connections. 0 = twice per_host_concurrency.
     download_threads: int = _env("DOWNLOAD_THREADS", 0)
     # Lock files that make per_host_concurrency hold across all processes of a machine ("" = temp dir).
     lock_dir: str = _env("HOST_LOCK_DIR", "")

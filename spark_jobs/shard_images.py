@@ -112,7 +112,7 @@ def download(rows, total: int, settings: Settings, store: ImageStore) -> dict:
     from pipeline.download import Downloader
 
     cfg = settings.shard
-    threads = max(1, cfg.download_threads or cfg.per_host_concurrency)
+    threads = max(1, cfg.download_threads or 2 * cfg.per_host_concurrency)
     progress = Progress(total, cfg.progress_every_s)
     writer = store.writer(cfg.shard_size)
     stored = 0

@@ -209,6 +209,9 @@ class DumpsServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "wiki-image-topics-dumps/1.0"
+            # Headers and body go out as two writes: without TCP_NODELAY, Nagle's algorithm and the
+            # client's delayed ACK add ~40 ms to every keep-alive response (real servers avoid this).
+            disable_nagle_algorithm = True
             protocol_version = "HTTP/1.1"
 
             def log_message(self, fmt, *args):
