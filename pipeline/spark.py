@@ -27,7 +27,8 @@ def get_spark(settings: Settings, app: str):
         .config("spark.sql.parquet.compression.codec", "zstd")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + os.path.abspath(settings.paths.state_dir))
+        .config("spark.driver.extraJavaOptions", " ".join(filter(None, [
+            "-Dderby.system.home=" + os.path.abspath(settings.paths.state_dir), settings.spark.java_options])))
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -1,25 +1,39 @@
+import os
+
 import pytest
+
+# The tests' Spark jobs last seconds: a JVM that compiles less starts faster (see pipeline/config.py).
+os.environ.setdefault("SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
 
 @pytest.fixture(scope="session")
 def spark():
     from pipeline.config import load_settings
     from pipeline.spark import get_spark
-    s = load_settings({"spark.master": "local[2]", "spark.shuffle_partitions": "4"})
+    from pipeline.demo import SMALL_DATA_JVM
+
+    s = load_settings({"spark.master": "local[2]", "spark.shuffle_partitions": "4", "spark.java_options": SMALL_DATA_JVM})
     return get_spark(s, "tests")
 
 
 # Measured figures (accuracies, match rates) that tests report: printed in the
-# terminal summary, so they show without -s.
+# terminal summary, so they show without -s. They travel as the test report's
+# user properties, so they also reach the summary from pytest-xdist workers.
 _METRICS: list[tuple[str, str]] = []
+_PREFIX = "measured: "
 
 
-@pytest.fixture(scope="session")
-def report_metric():
+@pytest.fixture
+def report_metric(request):
     def report(name: str, value) -> None:
-        _METRICS.append((name, str(value)))
+        request.node.user_properties.append((_PREFIX + name, str(value)))
 
     return report
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        _METRICS.extend((k[len(_PREFIX):], v) for k, v in report.user_properties if k.startswith(_PREFIX))
 
 
 def pytest_terminal_summary(terminalreporter):

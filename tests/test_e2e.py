@@ -16,7 +16,7 @@ def demo(tmp_path_factory):
     # The sample's truth.json holds the labels of the plain depth rule; headJ is tested on its own.
     overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
                  "label.heuristics": "depth"}
-    result = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=3)
+    result = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=1)
     return root, result
 
 
@@ -132,7 +132,7 @@ def test_a_later_night_on_the_same_dump_skips_every_stage(demo):
     root, first = demo
     overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
                  "label.heuristics": "depth"}
-    again = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=3, logical_date="2030-01-02")
+    again = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=1, logical_date="2030-01-02")
     assert again["dumps_server_file_requests"] == 0
     assert again["mlflow_run_id"] == first["mlflow_run_id"]  # nothing was trained
     db = sqlite3.connect(root / "state" / "airflow" / "airflow.db")
