@@ -77,6 +77,13 @@ class SparkConfig:
 
 
 @dataclass
+class IngestConfig:
+    # A gzip dump that ends before its end-of-stream marker fails the stage (an interrupted
+    # download). True keeps what was read, for users who must salvage a dump.
+    allow_truncated: bool = _env("INGEST_ALLOW_TRUNCATED", False)
+
+
+@dataclass
 class LabelConfig:
     taxonomy: str = _env("TAXONOMY", "v1.3")
     heuristics: str = _env("HEURISTICS", "headJ+depth")
@@ -179,6 +186,7 @@ class Settings:
     paths: PathsConfig = field(default_factory=PathsConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
     wit: WitConfig = field(default_factory=WitConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)

@@ -132,6 +132,15 @@ def _split_all(layout: Layout, settings: Settings, tables: list[str]):
             path, join(staging, "chunks", table), settings.spark.dump_chunk_bytes, table=table, stage=STAGE
         )
         log.info("ingest: %s -> %d chunks, %d bytes", path, len(splits[table].chunks), splits[table].total_bytes)
+        if splits[table].truncated:
+            size = atomic.filesystem(path).size(path)
+            where = (f"at compressed byte {size} (after {splits[table].total_bytes} bytes of SQL); "
+                     "the rest of the file was not read")
+            if not settings.ingest.allow_truncated:
+                raise StageError(STAGE, path, f"{splits[table].truncated} {where}: the file is incomplete "
+                                              "(an interrupted download?). Fetch it again, or set "
+                                              "ingest.allow_truncated=true to keep what was read")
+            splits[table].truncated = f"{splits[table].truncated} {where}"
     return splits
 
 

@@ -166,19 +166,28 @@ def test_bad_rows_reported_and_share_threshold(spark, tmp_path):
     assert not (tmp_path / "lake2" / DATE / "ingest" / "categories").exists()
 
 
-def test_truncated_gzip_through_the_stage(spark, tmp_path):
+def test_truncated_gzip_fails_the_stage_unless_salvaging(spark, tmp_path):
     links = LINKS + [(6, f"Filler_{i}", "subcat") for i in range(300)]
     dumps = write_dumps(tmp_path / "dumps", "legacy", links=links)
     p = dumps / f"commonswiki-{DATE}-categorylinks.sql.gz"
     full = p.read_bytes()
     p.write_bytes(full[: len(full) - 200])
-    summary = ingest_dumps.run(make_settings(dumps, tmp_path / "lake", **{"spark.max_reject_share": 0.5}))
+    # what an interrupted download leaves: a clear error naming the file and the byte, no output
+    with pytest.raises(StageError) as e:
+        ingest_dumps.run(make_settings(dumps, tmp_path / "lake0", **{"spark.max_reject_share": 0.5}))
+    assert e.value.stage == "ingest" and e.value.path == str(p)
+    assert "truncated" in e.value.message and f"at compressed byte {len(full) - 200}" in e.value.message
+    assert not (tmp_path / "lake0" / DATE / "ingest").exists() or \
+        not list((tmp_path / "lake0" / DATE / "ingest").glob("categor*"))
+    # salvaging keeps today's behaviour, and says so
+    summary = ingest_dumps.run(make_settings(dumps, tmp_path / "lake", **{"spark.max_reject_share": 0.5,
+                                                                         "ingest.allow_truncated": "true"}))
     st = summary["parsed"]["categorylinks"]
     assert "truncated" in st["truncated"] and st["rejected_rows"] == 1
     assert st["rows"] > 250  # what was read is kept
     rej = read(summary["outputs"]["rejects"])
     assert "truncated" in rej.reason[0] and rej.byte_offset[0] > 0
-    assert any("truncated" in n for n in summary["notes"])
+    assert any("truncated" in n and "the rest of the file was not read" in n for n in summary["notes"])
 
 
 def test_missing_dump_and_missing_column(tmp_path):
