@@ -32,13 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-JOBS = {
-    "page": "pagetable",
-    "categorylinks": "categorylinkstable",
-    "linktarget": "linktargettable",
-    "page_props": "pagepropstable",
-    "redirect": "redirecttable",
-}
+from pipeline.fetch import JOBS  # noqa: E402  (table -> dumpstatus.json job, as Wikimedia names them)
+
 WIT_PATH = "gresearch/wit"
 
 
