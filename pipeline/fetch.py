@@ -18,6 +18,7 @@ size and sha256 recorded in ``wit_dir/wit-manifest.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 from pipeline.errors import StageError
-from pipeline.layout import LATEST, complete_dump_dates
+from pipeline.layout import DUMP_DATE_RE, LATEST, resolve_dump_date
 from pipeline.transfer import Expected, Transfers, file_digest, gzip_end_error
 
 log = logging.getLogger("pipeline.fetch")
@@ -40,7 +41,6 @@ JOBS = {
     "page_props": "pagepropstable",
     "redirect": "redirecttable",
 }
-_DATE = re.compile(r"^[0-9]{8}$")
 _LISTED_DATE = re.compile(r'href="(?:\./)?([0-9]{8})/?"')
 WIT_MANIFEST = "wit-manifest.json"
 
@@ -144,7 +144,7 @@ def _as_date(value) -> str | None:
         return None
     if isinstance(value, str):
         value = value.strip()
-        if _DATE.match(value):
+        if DUMP_DATE_RE.match(value):
             return value
         value = Date.fromisoformat(value[:10])
     return f"{value.year:04d}{value.month:02d}{value.day:02d}"
@@ -164,20 +164,9 @@ def run_date(settings, requested: str | None = None, logical_date=None) -> str:
     if choice is None and logical_date is not None:
         choice, bound = LATEST, _as_date(logical_date)
     choice = choice or settings.paths.dump_date.strip()
-    if choice != LATEST:
-        if not _DATE.match(choice):
-            raise StageError("resolve", settings.paths.dumps_dir,
-                             f"dump date {choice!r} is neither YYYYMMDD nor {LATEST!r}")
-        return choice
+    if choice != LATEST or not settings.fetch.dumps_url:
+        return resolve_dump_date(dataclasses.replace(settings.paths, dump_date=choice), bound)
     required, _ = tables(settings.fetch)
-    if not settings.fetch.dumps_url:
-        dates = [d for d in complete_dump_dates(settings.paths.dumps_dir, settings.paths.wiki)
-                 if not bound or d <= bound]
-        if not dates:
-            raise StageError("resolve", settings.paths.dumps_dir,
-                             f"no complete {settings.paths.wiki} dump in dumps_dir"
-                             + (f" on or before {bound}" if bound else "") + " (fetch.dumps_url is empty)")
-        return dates[-1]
     with _client(settings) as http:
         return newest_complete(DumpServer(http, settings.fetch.dumps_url, settings.paths.wiki), required, bound)
 
@@ -216,12 +205,16 @@ def _stat_key(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _recorded(path: Path, entry: dict | None) -> bool:
+    """True when ``path`` is still the file ``entry`` recorded as verified (same size and mtime)."""
+    return path.exists() and bool(entry) and {k: entry.get(k) for k in ("size", "mtime_ns")} == _stat_key(path)
+
+
 def _already_verified(path: Path, entry: dict | None, expected: Expected) -> bool:
     """True when ``path`` is the expected file: by its record (no hashing) or by hashing it once."""
     if not path.exists():
         return False
-    if entry and {k: entry.get(k) for k in ("size", "mtime_ns")} == _stat_key(path) \
-            and (not expected.digest or entry.get("digest") == expected.digest.lower()):
+    if _recorded(path, entry) and (not expected.digest or entry.get("digest") == expected.digest.lower()):
         return True
     if expected.size is not None and path.stat().st_size != expected.size:
         return False
@@ -320,13 +313,10 @@ def fetch_wit(settings, http: Transfers) -> dict:
     manifest = _read_record(manifest_path)
     base = cfg.wit_url.rstrip("/") + "/"
 
-    def verify(path: Path) -> str | None:
-        return gzip_end_error(path)
-
     def one(name: str):
         path, url = wit_dir / name, base + name
         entry = manifest.get(name)
-        if path.exists() and entry and {k: entry.get(k) for k in ("size", "mtime_ns")} == _stat_key(path):
+        if _recorded(path, entry):
             log.info("fetch: %s already here and verified; not downloaded", name)
             return name, {"bytes": entry["size"], "downloaded_bytes": 0, "skipped": True, "sha256": entry["sha256"]}
         if path.exists():  # placed by hand or an earlier version: check it as if just fetched
@@ -338,7 +328,7 @@ def fetch_wit(settings, http: Transfers) -> dict:
                 return name, {"bytes": path.stat().st_size, "downloaded_bytes": 0, "skipped": True,
                               "sha256": file_digest(path, "sha256")}
             log.warning("fetch: %s in wit_dir is not usable (%s); downloading it again", name, problem)
-        done = http.download(url, path, Expected(), verify=verify)
+        done = http.download(url, path, Expected(), verify=gzip_end_error)
         return name, {**done, "skipped": False, "sha256": file_digest(path, "sha256")}
 
     results = {}

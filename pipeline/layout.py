@@ -18,7 +18,7 @@ TABLES = ("page", "categorylinks", "linktarget", "page_props", "redirect")
 # The tables every categorylinks layout needs; ingest checks linktarget itself.
 REQUIRED_DUMPS = ("page", "categorylinks", "page_props")
 LATEST = "latest"
-_DATE = re.compile(r"^[0-9]{8}$")
+DUMP_DATE_RE = re.compile(r"^[0-9]{8}$")
 SPLITS = ("train", "validation", "threshold", "test")
 
 
@@ -46,20 +46,22 @@ def complete_dump_dates(dumps_dir: str, wiki: str = "commonswiki") -> list[str]:
     return sorted(d for d, have in tables.items() if set(REQUIRED_DUMPS) <= have)
 
 
-def resolve_dump_date(paths: PathsConfig) -> str:
-    """The configured dump date; ``latest`` means the newest complete dump in ``dumps_dir``.
+def resolve_dump_date(paths: PathsConfig, on_or_before: str | None = None) -> str:
+    """The configured dump date; ``latest`` means the newest complete dump in ``dumps_dir``
+    (not after ``on_or_before``, YYYYMMDD, when given).
 
     A nightly run resolves it once (the DAG's first task) and pins the result
     for all its stages, so a dump that lands mid-run cannot mix two dates.
     """
     date = paths.dump_date.strip()
     if date == LATEST:
-        dates = complete_dump_dates(paths.dumps_dir, paths.wiki)
+        dates = [d for d in complete_dump_dates(paths.dumps_dir, paths.wiki) if not on_or_before or d <= on_or_before]
         if not dates:
+            bound = f" on or before {on_or_before}" if on_or_before else ""
             raise StageError("resolve", paths.dumps_dir,
-                             f"no complete {paths.wiki} dump ({', '.join(REQUIRED_DUMPS)}) to take as {LATEST!r}")
+                             f"no complete {paths.wiki} dump ({', '.join(REQUIRED_DUMPS)}){bound} to take as {LATEST!r}")
         return dates[-1]
-    if not _DATE.match(date):
+    if not DUMP_DATE_RE.match(date):
         raise StageError("resolve", paths.dumps_dir, f"dump date {date!r} is neither YYYYMMDD nor {LATEST!r}")
     return date
 

@@ -146,49 +146,39 @@ class Transfers:
         self.close()
 
     # ------------------------------------------------------------ small requests
-    def get_text(self, url: str, missing_ok: bool = False) -> str | None:
-        """GET a small document (listing, status, checksum file); None for 404 when ``missing_ok``."""
+    def _small(self, method: str, url: str, missing_ok: bool):
+        """One small request with retries: the response, or None for 404/410 when ``missing_ok``."""
         check_user_agent(self.user_agent, url)
         for attempt in range(self.cfg.max_retries + 1):
             try:
                 with self._slots:
-                    resp = self.session.get(url, timeout=self.cfg.timeout_s)
-                    code, text, retry_after = resp.status_code, resp.text, resp.headers.get("Retry-After")
+                    resp = self.session.request(method, url, timeout=self.cfg.timeout_s, allow_redirects=True)
+                    _ = resp.content  # the whole body is read while the slot is held
             except requests.exceptions.RequestException as e:
                 if attempt == self.cfg.max_retries:
-                    raise StageError("fetch", url, f"request failed {attempt + 1} times: {type(e).__name__}: {e}")
+                    raise StageError("fetch", url, f"{method} failed {attempt + 1} times: {type(e).__name__}: {e}")
                 self._backoff(attempt, None, url)
                 continue
+            code = resp.status_code
             if code == 200:
-                return text
+                return resp
             if code in (404, 410) and missing_ok:
                 return None
             if code in RETRYABLE and attempt < self.cfg.max_retries:
-                self._backoff(attempt, retry_after, url)
+                self._backoff(attempt, resp.headers.get("Retry-After"), url)
                 continue
             raise StageError("fetch", url, f"HTTP {code}")
         raise AssertionError("unreachable")
 
+    def get_text(self, url: str, missing_ok: bool = False) -> str | None:
+        """GET a small document (listing, status, checksum file); None for 404 when ``missing_ok``."""
+        resp = self._small("GET", url, missing_ok)
+        return None if resp is None else resp.text
+
     def content_length(self, url: str) -> int | None:
         """The size the server announces for ``url`` (HEAD), or None when it says nothing."""
-        check_user_agent(self.user_agent, url)
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                with self._slots:
-                    resp = self.session.head(url, timeout=self.cfg.timeout_s, allow_redirects=True)
-            except requests.exceptions.RequestException as e:
-                if attempt == self.cfg.max_retries:
-                    raise StageError("fetch", url, f"HEAD failed: {type(e).__name__}: {e}")
-                self._backoff(attempt, None, url)
-                continue
-            if resp.status_code in RETRYABLE and attempt < self.cfg.max_retries:
-                self._backoff(attempt, resp.headers.get("Retry-After"), url)
-                continue
-            if resp.status_code != 200:
-                raise StageError("fetch", url, f"HTTP {resp.status_code}")
-            length = resp.headers.get("Content-Length", "")
-            return int(length) if length.isdigit() else None
-        raise AssertionError("unreachable")
+        length = self._small("HEAD", url, False).headers.get("Content-Length", "")
+        return int(length) if length.isdigit() else None
 
     def _backoff(self, attempt: int, retry_after: str | None, url: str) -> None:
         wait = parse_retry_after(retry_after)
