@@ -57,11 +57,12 @@ def _predictor(local_dir: str):
     return _PREDICTORS[local_dir]
 
 
-def predict_rows(batches, model_name: str, slugs: list[str], size: int, store: str):
+def predict_rows(batches, model_name: str, slugs: list[str], store: str):
     """mapInPandas body: index rows (key, shard, offset, size) in, one row of probabilities per image out.
 
     Rows arrive grouped by shard and in offset order, so each task reads its
-    tars front to back; images go through ``pipeline.imaging.preprocess``.
+    tars front to back; images go through ``pipeline.imaging.preprocess`` at the
+    model's own input size, whatever the settings say.
     """
     import numpy as np
     import pandas as pd
@@ -79,7 +80,7 @@ def predict_rows(batches, model_name: str, slugs: list[str], size: int, store: s
             for r in chunk.itertuples(index=False):
                 path = f"{store.rstrip('/')}/{r.shard}"
                 try:
-                    images.append(preprocess(read_payload(path, r.offset, r.size), size))
+                    images.append(preprocess(read_payload(path, r.offset, r.size), predictor.image_size))
                 except ImageError as e:
                     raise StageError(STAGE, path, f"image {r.image_key!r} at byte {r.offset}: {e}") from e
             probs = predictor.predict_arrays(np.stack(images)).astype("float64")
@@ -103,7 +104,6 @@ def run(settings) -> dict:
 
     local_model = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None)
     model_name = os.path.basename(local_model.rstrip("/"))
-    input_size = _predictor(local_model).image_size  # the model's own input size, whatever the settings say
 
     spark = get_spark(settings, STAGE)
     spark.sparkContext.addFile(local_model, recursive=True)
@@ -121,7 +121,7 @@ def run(settings) -> dict:
     )
     store = store_root(settings)
     predictions = stored.repartition(n_shards, "shard").mapInPandas(
-        lambda it: predict_rows(it, model_name, slugs, input_size, store), schema
+        lambda it: predict_rows(it, model_name, slugs, store), schema
     )
     result = (
         index.select("image_key", "file_title", "split", "labeled", "status")
