@@ -199,6 +199,12 @@ class HostSlots:
 
 
 # ------------------------------------------------------------------ downloader
+def thread_count(shard) -> int:
+    """Download threads: ``download_threads``, or twice the per-host cap, so a thread checking an
+    image never leaves a connection idle (requests still wait for a per-host slot)."""
+    return max(1, shard.download_threads or 2 * shard.per_host_concurrency)
+
+
 class Downloader:
     """One requests.Session (pooled connections) per task; ``fetch`` is thread-safe."""
 
@@ -206,7 +212,7 @@ class Downloader:
         self.cfg = shard
         self.user_agent = shard.user_agent
         self.session = requests.Session()
-        size = pool_size or max(shard.download_threads, shard.per_host_concurrency)
+        size = pool_size or thread_count(shard)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

@@ -46,8 +46,9 @@ MANIFEST_COLUMNS = ("image_key", "file_title", "source_url", "status", "shard", 
 TRANSIENT = ("timeout", "connection_error", "request_error", "http_429")
 
 
-def is_transient(status: str) -> bool:
-    return status in TRANSIENT or status.startswith("http_5")
+def transient_col(status):
+    """Spark column: the image's last attempt failed transiently (TRANSIENT, or any 5xx)."""
+    return status.isin(*TRANSIENT) | status.startswith("http_5")
 
 
 def manifest_schema():

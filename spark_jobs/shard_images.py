@@ -29,7 +29,7 @@ from pipeline.config import Settings
 from pipeline.errors import require_input
 from pipeline.layout import Layout, join
 from pipeline.spark import get_spark
-from pipeline.store import TRANSIENT, Attempt, ImageStore, image_settings, store_root
+from pipeline.store import Attempt, ImageStore, image_settings, store_root, transient_col
 from pipeline.wit import UPLOAD_BASE, is_commons_url
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,10 @@ def download(rows, total: int, settings: Settings, store: ImageStore) -> dict:
     A bounded number of images is in flight (``4 x threads``), so memory does
     not grow with the plan; results are written as they complete.
     """
-    from pipeline.download import Downloader
+    from pipeline.download import Downloader, thread_count
 
     cfg = settings.shard
-    threads = max(1, cfg.download_threads or 2 * cfg.per_host_concurrency)
+    threads = thread_count(cfg)
     progress = Progress(total, cfg.progress_every_s)
     writer = store.writer(cfg.shard_size)
     stored = 0
@@ -177,8 +177,7 @@ def plan(images, manifest, retry_transient: bool):
     todo = images.select(*TODO_COLUMNS)
     if manifest is None:
         return todo
-    transient = F.col("status").isin(*TRANSIENT) | F.col("status").startswith("http_5")
-    keep = manifest.where(~transient) if retry_transient else manifest
+    keep = manifest.where(~transient_col(F.col("status"))) if retry_transient else manifest
     return todo.join(keep.select("image_key"), "image_key", "left_anti")
 
 
@@ -231,14 +230,17 @@ def run(settings: Settings) -> dict:
         recovered = store.recover()
         if any(recovered.values()):
             log.warning("image store %s: removed what a killed run left: %s", store.root, recovered)
-        todo_path = join(layout.root, "_staging", "shard_todo", settings.label.taxonomy, settings.label.heuristics)
-        with atomic.output_path(todo_path) as tmp:
+        # The plan is scratch: written by Spark, streamed by the downloader, then deleted.
+        todo = atomic.temp_sibling(join(layout.root, "_staging", "shard_todo", layout.label_key))
+        try:
             plan(images, current_manifest(spark, store), cfg.retry_transient) \
-                .orderBy("image_key").write.parquet(tmp)
-            n_todo = spark.read.parquet(tmp).count()
+                .orderBy("image_key").write.parquet(todo)
+            n_todo = spark.read.parquet(todo).count()
             log.info("image store %s: %d of the run's images to fetch", store.root, n_todo)
-            fetched = download(_iter_rows(tmp), n_todo, settings, store)
-        atomic.filesystem(todo_path).rm(todo_path, recursive=True)
+            fetched = download(_iter_rows(todo), n_todo, settings, store)
+        finally:
+            if atomic.exists(todo):
+                atomic.filesystem(todo).rm(todo, recursive=True)
         manifest = current_manifest(spark, store)
         if manifest is None:  # nothing in the run and nothing stored
             manifest = spark.createDataFrame([], "image_key string, status string, shard string, offset bigint, "
