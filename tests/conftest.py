@@ -2,17 +2,19 @@ import os
 
 import pytest
 
-# The tests' Spark jobs last seconds: a JVM that compiles less starts faster (see pipeline/config.py).
-os.environ.setdefault("SPARK_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+from pipeline.demo import SMALL_DATA_JVM
+
+# The tests' Spark jobs last seconds, as the demo's: a JVM that compiles less starts faster.
+# Set for the whole session, so stage subprocesses inherit it too.
+os.environ.setdefault("SPARK_JAVA_OPTIONS", SMALL_DATA_JVM)
 
 
 @pytest.fixture(scope="session")
 def spark():
     from pipeline.config import load_settings
     from pipeline.spark import get_spark
-    from pipeline.demo import SMALL_DATA_JVM
 
-    s = load_settings({"spark.master": "local[2]", "spark.shuffle_partitions": "4", "spark.java_options": SMALL_DATA_JVM})
+    s = load_settings({"spark.master": "local[2]", "spark.shuffle_partitions": "4"})
     return get_spark(s, "tests")
 
 
