@@ -63,11 +63,11 @@ def manifest_schema():
     ])
 
 
-def index_schema(num_labels: int | None = None):
+def index_schema():
     """The per-run index the shard stage writes: WIT images joined with the store manifest."""
     import pyarrow as pa
 
-    hot = pa.list_(pa.float32(), num_labels) if num_labels else pa.list_(pa.float32())
+    hot = pa.list_(pa.float32())
     return pa.schema([
         ("image_key", pa.string()), ("file_title", pa.string()), ("split", pa.string()),
         ("labeled", pa.bool_()), ("labels", pa.list_(pa.string())), ("labels_hier", pa.list_(pa.string())),
@@ -147,9 +147,6 @@ class ImageStore:
     # -- reading
     def manifest_files(self) -> list[str]:
         return sorted(str(p) for p in self.manifest.glob("batch-*.parquet")) if self.manifest.exists() else []
-
-    def shard_path(self, rel: str) -> str:
-        return str(self.root / rel)
 
     # -- writing
     def lock(self) -> "StoreLock":
