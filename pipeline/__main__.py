@@ -1,8 +1,10 @@
 """The command line: ``python -m pipeline <command> [options]``.
 
 Every stage is one subcommand; its last line of output is a one-line JSON
-summary (output paths, row counts) that the DAG passes on. Bad input exits 2
-with ``error: [stage] path: message``.
+summary (output paths, row counts), also left in the data lake
+(``Layout.summary``) with the stage's fingerprint, and in ``--summary-file``
+for the DAG's launcher. A stage whose recorded fingerprint matches is skipped
+(``--force`` runs it). Bad input exits 2 with ``error: [stage] path: message``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pipeline.atomic import write_json
 from pipeline.config import load_settings
 from pipeline.layout import Layout
 from pipeline.errors import StageError
-from pipeline.stages import ORDER, STAGES
+from pipeline import lineage
+from pipeline.stages import ORDER, STAGES, die_with_parent
 
 # Shortcut flags for the settings users change most; anything else via --set.
 SHORTCUTS = {
@@ -65,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=stage.help, formatter_class=argparse.RawDescriptionHelpFormatter,
                            description=f"{stage.help}.\n\n{stage.doc}" if stage.doc else stage.help)
         _add_settings_arguments(p)
+        p.add_argument("--force", action="store_true",
+                       help="run even when the recorded fingerprint says the output is up to date")
+        p.add_argument("--summary-file", metavar="PATH",
+                       help="also write the summary JSON here (how the DAG's launcher reads it)")
 
     from pipeline.sample import generator
 
@@ -88,7 +95,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_stage(command: str, settings, force: bool = False, started: float | None = None) -> dict:
+    """Run one stage unless its recorded fingerprint says its output is up to date; record the summary."""
+    started = time.time() if started is None else started
+    stage = STAGES[command]
+    extra = stage.lineage_inputs(settings)
+    if command != "fetch" and not force:
+        record, why = lineage.fresh(settings, command, extra)
+        if record is not None:
+            print(f"{command}: skipped: {why}; --force runs it anyway", flush=True)
+            return {**record, "skipped": True, "skip_reason": why, "seconds": round(time.time() - started, 1)}
+        print(f"{command}: running: {why}", flush=True)
+    summary = stage.load()(settings)
+    summary = {"stage": command, "seconds": round(time.time() - started, 1), **summary}
+    if summary.get("dump_date"):  # fetch resolved `latest` itself: file the summary under that date
+        settings.paths.dump_date = summary["dump_date"]
+    if command == "fetch":
+        summary["fingerprint"] = lineage.file_fingerprint({**summary.get("dump_files", {}),
+                                                           **summary.get("wit_files", {})})
+    else:
+        summary["inputs"] = lineage.inputs(settings, command, extra)
+        summary["fingerprint"] = lineage.digest(summary["inputs"])
+    summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    summary["skipped"] = False
+    layout = Layout.from_settings(settings)
+    if not stage.own_mlflow_run:
+        from pipeline import tracking
+
+        files = {"stats.json": layout.labels("stats.json")} if command == "label" else None
+        summary["mlflow_run_id"] = tracking.log_stage(settings, command, summary, files)
+    write_json(layout.summary(command), summary)
+    return summary
+
+
 def main(argv=None) -> int:
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
@@ -113,18 +154,9 @@ def main(argv=None) -> int:
         elif command == "config":
             summary = load_settings(_overrides(args)).to_dict()
         else:
-            settings = load_settings(_overrides(args))
-            summary = STAGES[command].load()(settings)
-            summary = {"stage": command, "seconds": round(time.time() - started, 1), **summary}
-            if summary.get("dump_date"):  # fetch resolved `latest` itself: file the summary under that date
-                settings.paths.dump_date = summary["dump_date"]
-            layout = Layout.from_settings(settings)
-            if not STAGES[command].own_mlflow_run:
-                from pipeline import tracking
-
-                files = {"stats.json": layout.labels("stats.json")} if command == "label" else None
-                summary["mlflow_run_id"] = tracking.log_stage(settings, command, summary, files)
-            write_json(layout.summary(command), summary)
+            summary = run_stage(command, load_settings(_overrides(args)), args.force, started)
+            if args.summary_file:
+                write_json(args.summary_file, summary)
     except StageError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         print(f"error: {e}", flush=True)

@@ -176,9 +176,12 @@ class TrainConfig:
 class TrackingConfig:
     tracking_uri: str = _env("MLFLOW_TRACKING_URI", "")
     experiment: str = _env("MLFLOW_EXPERIMENT", "wiki-image-topics")
+    # Registered models are named <model_name>-<taxonomy> (one per label set; tracking.model_name()).
     model_name: str = _env("MLFLOW_MODEL_NAME", "wiki-image-topics")
     # The model batch inference uses; empty: the registered model's `champion` alias.
     model_uri: str = _env("MODEL_URI", "")
+    # A challenger becomes champion when its test macro AUC(PR) >= the champion's on the same split + this.
+    promote_min_margin: float = _env("PROMOTE_MIN_MARGIN", 0.0)
 
 
 @dataclass

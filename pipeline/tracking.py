@@ -71,6 +71,17 @@ def configure(settings: Settings):
     return exp_id
 
 
+def model_name(settings: Settings) -> str:
+    """The registered model of this taxonomy: ``<tracking.model_name>-<taxonomy>``, e.g. wiki-image-topics-v1.3.
+
+    One registered model per label set, so a champion is only ever compared
+    with models that predict the same labels.
+    """
+    taxonomy = settings.label.taxonomy
+    version = Path(taxonomy).stem if taxonomy.endswith((".yaml", ".yml")) else taxonomy
+    return f"{settings.tracking.model_name}-{version}"
+
+
 def client(settings: Settings):
     import mlflow
 
@@ -142,6 +153,12 @@ def log_params(params: dict) -> None:
     import mlflow
 
     mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+
+def set_tags(tags: dict) -> None:
+    import mlflow
+
+    mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
 def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> None:

@@ -1,8 +1,8 @@
 """Stage `infer`: topic distributions for every image, labeled or not.
 
 The model (an MLflow pyfunc; by default the registered model's `champion`
-alias, or the exact version the DAG's train task just produced) is downloaded
-once by the driver and shipped to executors with ``SparkContext.addFile``.
+alias, resolved once to one version; the DAG passes the version the gate left
+as champion) is downloaded once by the driver and shipped to executors with ``SparkContext.addFile``.
 It reads the run's image index (``Layout.image_index``); each task takes the
 images of some store shards, reads their bytes by offset, preprocesses them
 as training did (``pipeline.imaging.preprocess``, at the model's input size)
@@ -29,24 +29,30 @@ _PREDICTORS: dict[str, object] = {}
 
 
 def resolve_model(settings) -> tuple[str, str]:
-    """(model URI, version) of the model to use, asking the registry about aliases."""
+    """(exact model URI, version) of the model to use: an alias is resolved once, here, to one version."""
     from mlflow import MlflowClient
 
     from pipeline import tracking
 
     tracking.configure(settings)
-    uri = settings.tracking.model_uri or f"models:/{settings.tracking.model_name}@champion"
+    uri = settings.tracking.model_uri or f"models:/{tracking.model_name(settings)}@champion"
     client = MlflowClient()
     rest = uri[len("models:/"):] if uri.startswith("models:/") else None
     try:
         if rest and "@" in rest:
             name, alias = rest.split("@", 1)
-            return uri, str(client.get_model_version_by_alias(name, alias).version)
+            version = str(client.get_model_version_by_alias(name, alias).version)
+            return f"models:/{name}/{version}", version
         if rest and "/" in rest:
             return uri, rest.split("/", 1)[1]
     except Exception as e:  # noqa: BLE001 - the registry's own error says why
         raise StageError(STAGE, uri, f"cannot resolve the model ({e}); has `train` registered one?") from e
     return uri, ""
+
+
+def model_inputs(settings) -> dict:
+    """What the predictions depend on beyond the images: the exact model version (for ``pipeline.lineage``)."""
+    return {"model_uri": resolve_model(settings)[0]}
 
 
 def _predictor(local_dir: str):

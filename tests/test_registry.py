@@ -32,39 +32,74 @@ def _finished_run(auc: float, status: str = "FINISHED") -> tuple[str, str]:
 
 def _aliases(settings):
     c = tracking.client(settings)
-    return {a: str(v) for a, v in c.get_registered_model(settings.tracking.model_name).aliases.items()}
+    return {a: str(v) for a, v in c.get_registered_model(tracking.model_name(settings)).aliases.items()}
 
 
-def test_gate(settings):
+def _scored(settings, auc, fp, **extra):
+    """What score_champion returns for the current champion scored at ``auc`` on split ``fp``."""
+    return {"version": str(registry.champion(settings).version), "fingerprint": fp, "auc_pr": auc, **extra}
+
+
+def test_gate_compares_the_champion_on_the_challengers_split(settings):
     fp = registry.test_fingerprint(["b", "a", "c"])
     assert fp == registry.test_fingerprint(["c", "b", "a"])  # order-independent
+    assert tracking.model_name(settings) == "wiki-image-topics-v1.3"
 
-    r1 = registry.register_and_promote(settings, *_finished_run(0.5), 0.5, fp)
+    r1 = registry.register_and_promote(settings, *_finished_run(0.5), 0.5, fp, None)
     assert r1["promoted"] and r1["reason"] == "no champion yet"
-    assert r1["model_uri"] == f"models:/{settings.tracking.model_name}/1"
+    assert r1["model_uri"] == "models:/wiki-image-topics-v1.3/1" and r1["champion_uri"] == r1["model_uri"]
     assert sorted(r1["aliases"]) == ["challenger", "champion"]
 
-    worse = registry.register_and_promote(settings, *_finished_run(0.4), 0.4, fp)
-    assert not worse["promoted"] and "0.4000 <" in worse["reason"]
-    assert _aliases(settings) == {"champion": "1", "challenger": "2"}
-    assert worse["aliases"] == ["challenger"]
+    worse = registry.register_and_promote(settings, *_finished_run(0.4), 0.4, fp, _scored(settings, 0.5, fp))
+    assert not worse["promoted"] and "0.4000 < champion v1's 0.5000" in worse["reason"]
+    assert _aliases(settings) == {"champion": "1", "challenger": "2"} and worse["champion_version"] == "1"
 
-    equal = registry.register_and_promote(settings, *_finished_run(0.5), 0.5, fp)
+    equal = registry.register_and_promote(settings, *_finished_run(0.5), 0.5, fp, _scored(settings, 0.5, fp))
     assert equal["promoted"]  # ties go to the newer model
     assert _aliases(settings) == {"champion": "3", "challenger": "3"}
 
-    better = registry.register_and_promote(settings, *_finished_run(0.7), 0.7, fp)
-    assert better["promoted"] and better["champion_before"] == "3"
-    assert _aliases(settings) == {"champion": "4", "challenger": "4"}
-
-    other_split = registry.register_and_promote(settings, *_finished_run(0.99), 0.99, "ffffffffffffffff")
-    assert not other_split["promoted"] and "different test split" in other_split["reason"]
-    assert _aliases(settings) == {"champion": "4", "challenger": "5"}
+    # A new dump: another split. The champion is scored on the challenger's split, so they compare.
+    fp2 = registry.test_fingerprint(["d", "e"])
+    other = registry.register_and_promote(settings, *_finished_run(0.6), 0.6, fp2, _scored(settings, 0.55, fp2))
+    assert other["promoted"] and other["champion_before"] == "3" and fp2 in other["reason"]
+    assert other["champion_auc_pr"] == 0.55
 
     c = tracking.client(settings)
-    mv = c.get_model_version(settings.tracking.model_name, "4")
-    assert float(mv.tags[registry.TAG_AUC]) == 0.7 and mv.tags[registry.TAG_FINGERPRINT] == fp
-    assert "promotion" in mv.tags
+    mv = c.get_model_version(tracking.model_name(settings), "4")
+    assert float(mv.tags[registry.TAG_AUC]) == 0.6 and mv.tags[registry.TAG_FINGERPRINT] == fp2
+    assert float(mv.tags[registry.TAG_CHAMPION_AUC]) == 0.55 and mv.tags["promotion"] == other["reason"]
+
+
+def test_gate_margin_failed_comparison_and_a_moved_champion_never_promote(settings, monkeypatch):
+    fp = registry.test_fingerprint(["k"])
+    registry.register_and_promote(settings, *_finished_run(0.5), 0.5, fp, None)
+    settings.tracking.promote_min_margin = 0.05
+    small = registry.register_and_promote(settings, *_finished_run(0.54), 0.54, fp, _scored(settings, 0.5, fp))
+    assert not small["promoted"] and "margin 0.05" in small["reason"]
+    settings.tracking.promote_min_margin = 0.0
+    failed = _scored(settings, float("nan"), fp, error="OSError: store unreadable")
+    broken = registry.register_and_promote(settings, *_finished_run(0.99), 0.99, fp, failed)
+    assert not broken["promoted"] and "comparison with champion v1 failed: OSError" in broken["reason"]
+    stale = {**_scored(settings, 0.1, fp), "version": "0"}
+    moved = registry.register_and_promote(settings, *_finished_run(0.99), 0.99, fp, stale)
+    assert not moved["promoted"] and "compared during training was v0" in moved["reason"]
+    unscored = registry.register_and_promote(settings, *_finished_run(0.99), 0.99, fp, None)
+    assert not unscored["promoted"]  # a champion appeared while this one trained: not compared
+    wrong_split = registry.register_and_promote(settings, *_finished_run(0.99), 0.99, fp,
+                                                _scored(settings, 0.1, "ffff"))
+    assert not wrong_split["promoted"] and "another test split" in wrong_split["reason"]
+    assert _aliases(settings)["champion"] == "1"
+
+
+def test_each_taxonomy_has_its_own_champion(settings):
+    fp = registry.test_fingerprint(["k"])
+    registry.register_and_promote(settings, *_finished_run(0.9), 0.9, fp, None)
+    settings.label.taxonomy = "v1.2"
+    assert registry.champion(settings) is None  # the v1.3 champion is never compared with v1.2 models
+    r = registry.register_and_promote(settings, *_finished_run(0.1), 0.1, fp, None)
+    assert r["promoted"] and r["model_name"] == "wiki-image-topics-v1.2" and r["model_version"] == "1"
+    settings.label.taxonomy = "v1.3"
+    assert registry.champion(settings).version == 1
 
 
 def test_failed_run_never_moves_an_alias(settings):
@@ -72,14 +107,14 @@ def test_failed_run_never_moves_an_alias(settings):
     registry.register_and_promote(settings, *_finished_run(0.3), 0.3, fp)
     run_id, uri = _finished_run(0.9, status="FAILED")
     with pytest.raises(RuntimeError, match="FAILED"):
-        registry.register_and_promote(settings, run_id, uri, 0.9, fp)
+        registry.register_and_promote(settings, run_id, uri, 0.9, fp, _scored(settings, 0.3, fp))
     assert _aliases(settings) == {"champion": "1", "challenger": "1"}
-    assert len(tracking.client(settings).search_model_versions(f"name='{settings.tracking.model_name}'")) == 1
+    assert len(tracking.client(settings).search_model_versions(f"name='{tracking.model_name(settings)}'")) == 1
 
 
 def test_nan_auc_is_never_champion(settings):
     r = registry.register_and_promote(settings, *_finished_run(0.0), float("nan"), "x")
-    assert not r["promoted"] and r["aliases"] == ["challenger"]
+    assert not r["promoted"] and r["aliases"] == ["challenger"] and r["champion_uri"] is None
 
 
 def test_start_run_marks_exceptions_failed(settings):

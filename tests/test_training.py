@@ -160,7 +160,7 @@ def test_training_beats_chance_and_logs_everything(trained):
     assert summary["n_train"] == SIZES["train"] - SIZES["train"] // 10 and summary["n_train_unlabeled"] == SIZES["train"] // 10
     assert summary["beats_chance"], summary
     assert summary["test_macro_auc_pr"] >= 2 * summary["test_mean_prevalence_positive_labels"]
-    assert summary["model_uri"] == "models:/wiki-image-topics/1" and summary["model_version"] == "1"
+    assert summary["model_uri"] == "models:/wiki-image-topics-v1.3/1" and summary["model_version"] == "1"
     assert sorted(summary["aliases"]) == ["challenger", "champion"]
     assert summary["train_images_per_s"] > 0 and summary["predict_images_per_s"] > 0
 
@@ -176,7 +176,7 @@ def test_training_beats_chance_and_logs_everything(trained):
     for name in ("thresholds.json", "per_label.csv", "summary.json", "history.json",
                  "plots/pr_curves.png", "plots/thresholds.png", "taxonomy/v1.3.yaml", "taxonomy/taxonomy_version.txt"):
         assert name in files, files
-    mv = c.get_model_version("wiki-image-topics", "1")
+    mv = c.get_model_version("wiki-image-topics-v1.3", "1")
     assert mv.tags["test_fingerprint"] == summary["test_fingerprint"]
 
 
@@ -187,7 +187,7 @@ def test_pyfunc_predicts_from_bytes_and_arrays(trained):
     root, s, summary = trained
     tracking.configure(s)
     tax = Taxonomy.load("v1.3")
-    predictor = load_predictor("models:/wiki-image-topics@champion")
+    predictor = load_predictor("models:/wiki-image-topics-v1.3@champion")
     assert predictor.names == tax.names and predictor.image_size == 32
 
     index = data.split_index(s, "test", len(tax.names))
@@ -229,7 +229,7 @@ def test_pyfunc_predicts_from_bytes_and_arrays(trained):
 def test_sigterm_ends_run_failed_and_moves_no_alias(trained, tmp_path):
     root, s, summary = trained
     c = tracking.client(s)
-    before = dict(c.get_registered_model("wiki-image-topics").aliases)
+    before = dict(c.get_registered_model("wiki-image-topics-v1.3").aliases)
     args = [f"--set={k}={v}" for k, v in {**TRAIN, "train.epochs": "50"}.items()]
     args += [f"--set=paths.data_root={root / 'data'}", f"--set=paths.state_dir={root / 'state'}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -255,8 +255,8 @@ def test_sigterm_ends_run_failed_and_moves_no_alias(trained, tmp_path):
     assert killed.info.run_id != summary["run_id"]
     assert killed.info.status == "FAILED"
     assert "signal 15" in killed.data.tags["failure"]
-    assert dict(c.get_registered_model("wiki-image-topics").aliases) == before
-    assert len(c.search_model_versions("name='wiki-image-topics'")) == 1
+    assert dict(c.get_registered_model("wiki-image-topics-v1.3").aliases) == before
+    assert len(c.search_model_versions("name='wiki-image-topics-v1.3'")) == 1
     assert not (tmp_path / "mlruns").exists()
 
 

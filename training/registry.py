@@ -1,15 +1,17 @@
-"""Model registry with a quality gate.
+"""Model registry with a quality gate that compares like with like.
 
-Every successfully finished training registers a new version of
-``settings.tracking.model_name`` and takes the ``challenger`` alias. The
-``champion`` alias (what batch inference serves by default) moves only to a
-version whose test macro AUC(PR) is at least the champion's, measured on the
-same test split: the split is identified by a fingerprint of its sorted image
-keys. A version evaluated on a different test split is not comparable, so it is
-not promoted (re-evaluating the champion is out of scope) and the returned
-summary says why. Runs that did not end FINISHED never touch aliases.
+Each taxonomy (label set) has its own registered model,
+``<tracking.model_name>-<taxonomy>`` (``tracking.model_name(settings)``), so
+models of different label sets are never compared. Every successfully
+finished training registers a new version and takes the ``challenger`` alias.
+While the challenger is evaluated, the current champion is scored on the
+challenger's test split, with the same labels and the same stored images
+(``score_champion``); both figures go to the challenger's run. ``champion``
+(what batch inference serves) moves to the challenger when its test macro
+AUC(PR) is at least the champion's there plus ``tracking.promote_min_margin``.
+The reason is recorded on the version. Runs that did not end FINISHED, or
+whose champion comparison failed, never move ``champion``.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +23,7 @@ from pipeline.config import Settings
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_AUC = "test_macro_auc_pr"
 TAG_FINGERPRINT = "test_fingerprint"
+TAG_CHAMPION_AUC = "champion_test_macro_auc_pr"
 
 
 def test_fingerprint(keys) -> str:
@@ -28,23 +31,59 @@ def test_fingerprint(keys) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode("utf-8")).hexdigest()[:16]
 
 
-def _champion(client, name):
+def champion(settings: Settings):
+    """The registered model's current champion version, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return tracking.client(settings).get_model_version_by_alias(tracking.model_name(settings), CHAMPION)
     except MlflowException:
         return None
 
 
-def _auc_of(client, mv) -> float:
-    value = (mv.tags or {}).get(TAG_AUC)
-    if value is None and mv.run_id:
-        value = client.get_run(mv.run_id).data.metrics.get(TAG_AUC)
+def score_champion(settings: Settings, version, test_index, y_test, names, fingerprint: str) -> dict:
+    """The champion's test figures on the challenger's test split, with the challenger's labels.
+
+    The champion is loaded as the registered pyfunc and reads the same stored
+    images through the same preprocessing, at its own input size. Failures are
+    returned as ``error`` (the gate then refuses to promote), never raised.
+    """
+    from training import data, metrics
+    from training.pyfunc import load_predictor
+
+    out = {"version": str(version.version), "fingerprint": fingerprint}
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
+        predictor = load_predictor(f"models:/{version.name}/{version.version}", settings)
+        if list(predictor.names) != list(names):
+            raise ValueError(f"champion v{version.version} predicts another label set ({len(predictor.names)} labels)")
+        x, _, _ = data.load_arrays(test_index, predictor.image_size)
+        figures = metrics.evaluate(y_test, predictor.predict_arrays(x), predictor.thresholds, names)
+        out["auc_pr"] = float(figures["macro_auc_pr"])
+        out["metrics"] = figures
+    except Exception as e:  # noqa: BLE001 - the gate records why and does not promote
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def _decide(auc: float, current, compared: dict | None, fingerprint: str, margin: float) -> tuple[bool, str]:
+    if not math.isfinite(auc):
+        return False, "test macro AUC(PR) is undefined (no positive label in the test split)"
+    if current is None:
+        return True, "no champion yet"
+    if compared is None or compared.get("version") != str(current.version):
+        was = "none" if compared is None else f"v{compared.get('version')}"
+        return False, f"the champion is v{current.version}, but the one compared during training was {was}"
+    if compared.get("error"):
+        return False, f"the comparison with champion v{current.version} failed: {compared['error']}"
+    if compared.get("fingerprint") != fingerprint:
+        return False, f"champion v{current.version} was scored on another test split"
+    champ = float(compared["auc_pr"])
+    if not math.isfinite(champ):
+        return True, f"champion v{current.version}'s test macro AUC(PR) on this split is undefined"
+    rule = f"champion v{current.version}'s {champ:.4f}" + (f" + margin {margin:g}" if margin else "")
+    if auc >= champ + margin:
+        return True, f"test macro AUC(PR) {auc:.4f} >= {rule}, both on test split {fingerprint}"
+    return False, f"test macro AUC(PR) {auc:.4f} < {rule}, both on test split {fingerprint}"
 
 
 def register_and_promote(
@@ -53,52 +92,50 @@ def register_and_promote(
     model_uri: str,
     test_macro_auc_pr: float,
     fingerprint: str,
+    compared: dict | None = None,
     tags: dict | None = None,
 ) -> dict:
-    """Register ``model_uri`` (logged by ``run_id``), move ``challenger``, and ``champion`` if it passes the gate."""
+    """Register ``model_uri`` (logged by ``run_id``), move ``challenger``, and ``champion`` if it passes the gate.
+
+    ``compared`` is ``score_champion``'s result for the champion at training
+    time (None: there was none). The champion must still be that version, and
+    the challenger's test macro AUC(PR) at least its figure on the same split
+    plus ``tracking.promote_min_margin``. The reason is recorded on the version.
+    """
     import mlflow
 
     client = tracking.client(settings)
-    name = settings.tracking.model_name
+    name = tracking.model_name(settings)
     status = client.get_run(run_id).info.status
     if status != "FINISHED":
         raise RuntimeError(f"run {run_id} is {status}: only FINISHED runs are registered or move aliases")
 
     version_tags = {TAG_AUC: repr(float(test_macro_auc_pr)), TAG_FINGERPRINT: fingerprint, **(tags or {})}
+    if compared is not None:
+        version_tags["champion_compared"] = compared["version"]
+        if "auc_pr" in compared:
+            version_tags[TAG_CHAMPION_AUC] = repr(compared["auc_pr"])
     mlflow.set_registry_uri(settings.mlflow_uri)
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in version_tags.items()})
     version = str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
 
-    champion = _champion(client, name)
+    current = champion(settings)
     auc = float(test_macro_auc_pr)
-    result = {
-        "model_name": name,
-        "model_version": version,
-        "model_uri": f"models:/{name}/{version}",
-        "champion_before": None if champion is None else str(champion.version),
-        "champion_auc_pr_before": None,
-    }
-    if not math.isfinite(auc):
-        promote, reason = False, "test macro AUC(PR) is undefined (no positive label in the test split)"
-    elif champion is None:
-        promote, reason = True, "no champion yet"
-    else:
-        champ_auc = _auc_of(client, champion)
-        champ_fp = (champion.tags or {}).get(TAG_FINGERPRINT)
-        result["champion_auc_pr_before"] = champ_auc
-        if champ_fp != fingerprint:
-            promote, reason = False, (
-                f"champion v{champion.version} was evaluated on a different test split "
-                f"(fingerprint {champ_fp} vs {fingerprint}); not comparable, re-evaluation is out of scope"
-            )
-        elif not math.isfinite(champ_auc) or auc >= champ_auc:
-            promote, reason = True, f"test macro AUC(PR) {auc:.4f} >= champion v{champion.version}'s {champ_auc:.4f}"
-        else:
-            promote, reason = False, f"test macro AUC(PR) {auc:.4f} < champion v{champion.version}'s {champ_auc:.4f}"
+    promote, reason = _decide(auc, current, compared, fingerprint, settings.tracking.promote_min_margin)
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "promotion", reason[:5000])
-    current = client.get_model_version(name, version)
-    result.update(promoted=promote, reason=reason, aliases=sorted(current.aliases or []))
-    return result
+    now = champion(settings)
+    return {
+        "model_name": name,
+        "model_version": version,
+        "model_uri": f"models:/{name}/{version}",
+        "champion_before": None if current is None else str(current.version),
+        "champion_auc_pr": (compared or {}).get("auc_pr"),
+        "champion_version": None if now is None else str(now.version),
+        "champion_uri": None if now is None else f"models:/{name}/{now.version}",
+        "promoted": promote,
+        "reason": reason,
+        "aliases": sorted(client.get_model_version(name, version).aliases or []),
+    }

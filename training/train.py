@@ -2,9 +2,10 @@
 
 Flow: index the four splits from the run's image index (labeled, stored images only) -> fit on train with early
 stopping on validation loss (best weights restored) -> per-label thresholds on
-the threshold split -> metrics on test -> log everything and the pyfunc model
-to one MLflow run -> after the run ended FINISHED, register the model and apply
-the champion quality gate (``training.registry``).
+the threshold split -> metrics on test -> the current champion scored on the
+same test split -> log everything and the pyfunc model to one MLflow run ->
+after the run ended FINISHED, register the model and apply the champion
+quality gate (``training.registry``).
 
 Multi-device data parallelism: TensorFlow backend -> ``tf.distribute.MirroredStrategy``
 over all visible GPUs (model built and compiled in its scope; the batch size is
@@ -230,6 +231,17 @@ def run(settings: Settings) -> dict:
             )
             tracking.log_metrics({f"test_ap_{s}": v for s, v in zip(table["slug"], table["average_precision"])})
 
+            # The gate compares like with like: the champion, scored here on this test split.
+            current = registry.champion(settings)
+            compared = None
+            if current is not None:
+                compared = registry.score_champion(settings, current, idx["test"], y_test, names, fingerprint)
+                tracking.set_tags({"champion_compared": compared["version"],
+                                   **({"champion_comparison_error": compared["error"][:5000]}
+                                      if "error" in compared else {})})
+                if "metrics" in compared:
+                    tracking.log_metrics(compared["metrics"], prefix="champion_test_")
+
             with tempfile.TemporaryDirectory() as d:
                 thr_json = {"labels": names, "slugs": slugs, "thresholds": [float(x) for x in thresholds]}
                 tracking.log_json_artifact(thr_json, "thresholds.json")
@@ -276,13 +288,18 @@ def run(settings: Settings) -> dict:
     }
     # The run is FINISHED here: only now may the registry and its aliases change.
     reg = registry.register_and_promote(
-        settings, run_id, logged_model_uri, macro_ap, fingerprint,
+        settings, run_id, logged_model_uri, macro_ap, fingerprint, compared,
         tags={"run_id": run_id, "taxonomy": tax.version, "beats_chance": beats_chance},
     )
     summary.update(
+        model_name=reg["model_name"],
         model_uri=reg["model_uri"],
         model_version=reg["model_version"],
         aliases=reg["aliases"],
+        champion_before=reg["champion_before"],
+        champion_auc_pr=reg["champion_auc_pr"],
+        champion_version=reg["champion_version"],
+        champion_uri=reg["champion_uri"],
         promoted=reg["promoted"],
         promotion_reason=reg["reason"],
     )

@@ -1,0 +1,133 @@
+"""What each stage's output depends on, recorded next to it, so an unchanged stage is not run again.
+
+A stage's *fingerprint* hashes its inputs: the fingerprints its upstream
+stages recorded (so a change anywhere upstream reaches everything below it),
+the settings that matter to it, the taxonomy file, and for ``infer`` the model
+version it predicts with. ``fetch`` is the root: its fingerprint is the
+checksums of the files it verified, so a dump republished under the same date
+reruns everything. The CLI records the fingerprint in the stage's summary
+(``Layout.summary``); when the recorded one equals the one a run would have
+and the stage's output is there, the stage does no work and returns the
+recorded summary marked ``skipped`` (``--force`` recomputes anyway).
+
+A nightly run on an unchanged dump therefore ends after ``fetch`` has checked
+its files, and trains and registers nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from pipeline.atomic import exists, read_json
+from pipeline.layout import Layout
+from pipeline.taxonomy import TAXONOMY_DIR
+
+# The stages whose recorded fingerprints a stage's output depends on.
+UPSTREAM = {
+    "fetch": (),
+    "ingest": ("fetch",),
+    "graph": ("ingest",),
+    "label": ("graph",),
+    "wit": ("fetch", "label"),
+    "shard": ("wit",),
+    "train": ("shard",),
+    "infer": ("shard",),
+    "report": ("wit", "shard", "train", "infer"),
+}
+
+# The settings a stage's output depends on: whole sections or single fields. Politeness, paths
+# and engine sizes (Spark memory, download threads) change how a stage runs, not what it writes.
+SETTINGS = {
+    "fetch": ("fetch.categorylinks_layout", "fetch.wit_files", "paths.wiki"),
+    "ingest": ("ingest", "spark.max_reject_share", "fetch.categorylinks_layout"),
+    "graph": ("label.root",),
+    "label": ("label",),
+    "wit": ("wit", "spark.max_reject_share"),
+    "shard": ("shard.thumb_width", "shard.thumbnail_steps", "shard.originals", "shard.jpeg_quality",
+              "shard.min_side", "shard.max_pixels", "shard.retry_transient"),
+    "train": ("train", "tracking.model_name", "tracking.promote_min_margin"),
+    "infer": (),
+    "report": (),
+}
+
+# What must still be on disk for a recorded summary to stand for the stage's output.
+OUTPUTS = {
+    "ingest": lambda layout: [layout.ingest(t) for t in ("categories", "category_edges", "file_links")],
+    "graph": lambda layout: [layout.category_depth],
+    "label": lambda layout: [layout.labels("file_labels"), layout.labels("category_labels")],
+    "wit": lambda layout: [layout.wit_images],
+    "shard": lambda layout: [layout.image_index],
+    "infer": lambda layout: [layout.predictions],
+    "report": lambda layout: [layout.reports],
+}
+
+
+def _setting(settings, key: str):
+    section, _, name = key.partition(".")
+    value = getattr(settings, section)
+    return dataclasses.asdict(value) if not name else getattr(value, name)
+
+
+def taxonomy_sha256(taxonomy: str) -> str | None:
+    path = TAXONOMY_DIR / f"{taxonomy}.yaml"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def digest(value) -> str:
+    text = json.dumps(value, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recorded(layout: Layout, stage: str) -> dict | None:
+    path = layout.summary(stage)
+    return read_json(path) if exists(path) else None
+
+
+def inputs(settings, stage: str, extra: dict | None = None) -> dict:
+    """What ``stage``'s output depends on, for this run's settings and the upstream records."""
+    layout = Layout.from_settings(settings)
+    upstream = {}
+    for up in UPSTREAM[stage]:
+        record = recorded(layout, up)
+        upstream[up] = (record or {}).get("fingerprint")
+    out = {
+        "stage": stage,
+        "dump_date": layout.dump_date,
+        "upstream": upstream,
+        "settings": {key: _setting(settings, key) for key in SETTINGS[stage]},
+        **(extra or {}),
+    }
+    if stage in ("label", "wit", "train", "report"):
+        out["taxonomy_sha256"] = taxonomy_sha256(settings.label.taxonomy)
+    return out
+
+
+def fingerprint(settings, stage: str, extra: dict | None = None) -> str:
+    return digest(inputs(settings, stage, extra))
+
+
+def fresh(settings, stage: str, extra: dict | None = None) -> tuple[dict | None, str]:
+    """(the recorded summary, why) when ``stage`` need not run again, else (None, why it must)."""
+    layout = Layout.from_settings(settings)
+    record = recorded(layout, stage)
+    if record is None:
+        return None, "no earlier run of this stage for this dump"
+    want = inputs(settings, stage, extra)
+    if None in want["upstream"].values():
+        return None, "an upstream stage has no recorded fingerprint"
+    if record.get("fingerprint") != digest(want):
+        before = record.get("inputs") or {}
+        changed = sorted(k for k in set(want) | set(before) if want.get(k) != before.get(k))
+        return None, f"its inputs changed ({', '.join(changed) or 'fingerprint'})"
+    missing = [p for p in OUTPUTS.get(stage, lambda _: [])(layout) if not exists(p)]
+    if missing:
+        return None, f"its output {missing[0]} is gone"
+    return record, f"same inputs as the run that finished at {record.get('finished_at', '?')} (fingerprint {record['fingerprint']})"
+
+
+def file_fingerprint(files: dict) -> str:
+    """``fetch``'s fingerprint: the verified checksums (or, offline, sizes and mtimes) of the input files."""
+    return digest({name: {k: v for k, v in meta.items() if k in ("digest", "sha256", "size", "mtime_ns", "bytes")}
+                   for name, meta in sorted(files.items())})
