@@ -1,16 +1,22 @@
 """wiki_topics: Commons dumps -> category graph -> topic labels -> WIT shards -> model -> predictions.
 
-Each task launches one pipeline stage as its own process (``python -m pipeline
-<stage>``) and passes on only the stage's small JSON summary.
+Each stage task (``StageOperator``) launches one pipeline stage as its own
+process group (``python -m pipeline <stage>``) and passes on only the summary
+the stage wrote. Killing or timing out a task kills its stage's processes.
 
 The run's dump date is resolved once, by the first task, and pinned for every
 stage: the run's ``dump_date`` param (YYYYMMDD or ``latest``), else the newest
 complete dump on or before the run's logical date (scheduled and backfill
-runs), else the ``DUMP_DATE`` setting. A date that an earlier run already
-processed with the same settings short-circuits the run: every later task is
-skipped (the ``force`` param runs it anyway). ``fetch`` then downloads and
-verifies that dump and WIT. Every stage updates an asset, so downstream DAGs
-(reports, exports) can be scheduled on them.
+runs), else the ``DUMP_DATE`` setting. When every stage's recorded
+fingerprint says its output is up to date for that date, the run
+short-circuits: every later task is skipped. Otherwise each stage itself
+skips when its own inputs did not change. The ``force`` param runs them all.
+
+``train`` and ``infer`` run in the GPU pool and queue (``WIKI_TOPICS_GPU_POOL``,
+default ``gpu``). ``infer`` predicts with the version the champion gate left
+as champion, never simply the model just trained. Every stage adds the exact
+location of its output to its asset alias ``wiki_image_topics.<stage>``, so
+downstream DAGs can be scheduled on, for example, the predictions.
 """
 
 from __future__ import annotations
@@ -18,53 +24,37 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's packages
 
 from pipeline import fetch as fetch_stage  # noqa: E402
-from pipeline import runs  # noqa: E402
+from pipeline import lineage  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
-from pipeline.stages import launch  # noqa: E402
+from pipeline.stage_operator import StageOperator, param_overrides  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-ASSETS = {
-    name: Asset(name=f"wiki_image_topics.{name}", uri=f"file:///wiki-image-topics/{path}")
-    for name, path in {
-        "fetch": "dumps",
-        "ingest": "ingest",
-        "graph": "graph/category_depth",
-        "label": "labels",
-        "wit": "wit/images",
-        "shard": "shards",
-        "train": "mlflow/wiki-image-topics",
-        "infer": "predictions",
-        "report": "reports",
-    }.items()
-}
+GPU_POOL = os.environ.get("WIKI_TOPICS_GPU_POOL", "gpu")
+GPU_QUEUE = os.environ.get("WIKI_TOPICS_GPU_QUEUE", "gpu")
+# Upper bounds at full scale (3.9M images, 11M categories); WIKI_TOPICS_TIMEOUT_HOURS_<STAGE> overrides.
+TIMEOUT_HOURS = {"fetch": 6, "ingest": 4, "graph": 2, "label": 4, "wit": 2, "shard": 48, "train": 24,
+                 "infer": 12, "report": 2}
+GPU_STAGES = ("train", "infer")
 
 
-def _overrides() -> dict[str, str]:
-    """Settings for this run from its params; empty params keep the configured defaults."""
-    params = get_current_context()["params"]
-    out = {}
-    for param, key in {
-        "dump_date": "paths.dump_date",
-        "taxonomy": "label.taxonomy",
-        "heuristics": "label.heuristics",
-        "epochs": "train.epochs",
-    }.items():
-        if params.get(param) not in (None, ""):
-            out[key] = str(params[param])
-    return out
+def _timeout(stage: str) -> timedelta:
+    return timedelta(hours=float(os.environ.get(f"WIKI_TOPICS_TIMEOUT_HOURS_{stage.upper()}", TIMEOUT_HOURS[stage])))
 
 
-def _stage(name: str, dump_date: str, *upstream_summaries, **extra: str) -> dict:
-    return launch(name, {**_overrides(), "paths.dump_date": dump_date, **extra})
+def _stage(stage: str, date, **kwargs) -> StageOperator:
+    gpu = {"pool": GPU_POOL, "queue": GPU_QUEUE} if stage in GPU_STAGES else {}
+    return StageOperator(task_id=stage, stage=stage, dump_date=date, execution_timeout=_timeout(stage),
+                         **gpu, **kwargs)
 
 
 @dag(
@@ -84,68 +74,32 @@ def _stage(name: str, dump_date: str, *upstream_summaries, **extra: str) -> dict
         "heuristics": Param("", type="string", description="e.g. headJ+depth; empty: setting"),
         "epochs": Param("", type=["string", "integer"], description="training epochs; empty: setting"),
         "force": Param(False, type="boolean",
-                       description="run every stage even if this dump was processed with the same settings"),
+                       description="run every stage even where its recorded fingerprint says it is up to date"),
     },
 )
 def wiki_topics():
-    @task.short_circuit
+    @task.short_circuit(execution_timeout=timedelta(minutes=10))
     def resolve_dump():
-        """The run's dump date, fixed once; False (skip the rest) when it was already processed."""
+        """The run's dump date, fixed once; False (skip the rest) when every stage is up to date for it."""
         context = get_current_context()
         params = context["params"]
-        settings = load_settings({k: v for k, v in _overrides().items() if k != "paths.dump_date"})
+        settings = load_settings(param_overrides(params))
         date = fetch_stage.run_date(settings, params.get("dump_date"), context.get("logical_date"))
-        done = runs.processed(settings, date)
+        done = lineage.pipeline_done(settings, date)
         if done and not params.get("force"):
-            log.info("dump %s was already processed with the same settings (fingerprint %s, finished %s): "
-                     "skipping every stage of this run; set the param force=true to run them anyway",
-                     date, done["fingerprint"], done["finished_at"])
+            log.info("dump %s: every stage is up to date with the same inputs (report fingerprint %s, "
+                     "finished %s); skipping every task of this run; set the param force=true to run them",
+                     date, done["fingerprint"], done.get("finished_at"))
             return False
         log.info("this run processes dump %s", date)
         return date
 
-    @task(outlets=[ASSETS["fetch"]])
-    def fetch(date: str) -> dict:
-        return _stage("fetch", date)
-
-    @task(outlets=[ASSETS["ingest"]])
-    def ingest(date: str, fetched: dict) -> dict:
-        return _stage("ingest", date, fetched)
-
-    @task(outlets=[ASSETS["graph"]])
-    def graph(date: str, ingested: dict) -> dict:
-        return _stage("graph", date, ingested)
-
-    @task(outlets=[ASSETS["label"]])
-    def label(date: str, graphed: dict) -> dict:
-        return _stage("label", date, graphed)
-
-    @task(outlets=[ASSETS["wit"]])
-    def wit(date: str, labeled: dict) -> dict:
-        return _stage("wit", date, labeled)
-
-    @task(outlets=[ASSETS["shard"]])
-    def shard(date: str, images: dict) -> dict:
-        return _stage("shard", date, images)
-
-    @task(outlets=[ASSETS["train"]])
-    def train(date: str, shards: dict) -> dict:
-        return _stage("train", date, shards)
-
-    @task(outlets=[ASSETS["infer"]])
-    def infer(date: str, trained: dict) -> dict:
-        # Predict with the model this run trained, whatever the aliases say.
-        return _stage("infer", date, trained, **{"tracking.model_uri": trained["model_uri"]})
-
-    @task(outlets=[ASSETS["report"]])
-    def report(date: str, predicted: dict) -> dict:
-        summary = _stage("report", date, predicted)
-        settings = load_settings({**_overrides(), "paths.dump_date": date})
-        summary["run_record"] = runs.mark_processed(settings, date, {"report": summary.get("report")})
-        return summary
-
     date = resolve_dump()
-    report(date, infer(date, train(date, shard(date, wit(date, label(date, graph(date, ingest(date, fetch(date)))))))))
+    tasks = [_stage(s, date) for s in ("fetch", "ingest", "graph", "label", "wit", "shard", "train")]
+    infer = _stage("infer", date, model_uri="{{ ti.xcom_pull(task_ids='train')['champion_uri'] }}")
+    report = _stage("report", date)
+    for up, down in zip(tasks + [infer], tasks[1:] + [infer, report]):
+        up >> down
 
 
 wiki_topics()

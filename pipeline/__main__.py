@@ -111,8 +111,8 @@ def run_stage(command: str, settings, force: bool = False, started: float | None
     if summary.get("dump_date"):  # fetch resolved `latest` itself: file the summary under that date
         settings.paths.dump_date = summary["dump_date"]
     if command == "fetch":
-        summary["fingerprint"] = lineage.file_fingerprint({**summary.get("dump_files", {}),
-                                                           **summary.get("wit_files", {})})
+        files = {**summary.get("dump_files", {}), **summary.get("wit_files", {})}
+        summary["fingerprint"] = lineage.file_fingerprint(files) if files else lineage.local_fingerprint(settings)
     else:
         summary["inputs"] = lineage.inputs(settings, command, extra)
         summary["fingerprint"] = lineage.digest(summary["inputs"])

@@ -92,6 +92,8 @@ def inputs(settings, stage: str, extra: dict | None = None) -> dict:
     for up in UPSTREAM[stage]:
         record = recorded(layout, up)
         upstream[up] = (record or {}).get("fingerprint")
+        if up == "fetch" and record is None:  # inputs placed by hand, no fetch run: their sizes and mtimes
+            upstream[up] = local_fingerprint(settings)
     out = {
         "stage": stage,
         "dump_date": layout.dump_date,
@@ -127,7 +129,46 @@ def fresh(settings, stage: str, extra: dict | None = None) -> tuple[dict | None,
     return record, f"same inputs as the run that finished at {record.get('finished_at', '?')} (fingerprint {record['fingerprint']})"
 
 
+def local_fingerprint(settings) -> str:
+    """``fetch``'s fingerprint for inputs used as they are (offline): the dump's and WIT's sizes and mtimes."""
+    from pipeline.atomic import filesystem
+    from pipeline.layout import TABLES, join
+    from pipeline.wit import WIT_GLOB
+
+    layout = Layout.from_settings(settings)
+    paths = [layout.dump(t) for t in TABLES]
+    fs = filesystem(settings.paths.wit_dir)
+    paths += sorted(fs.glob(join(settings.paths.wit_dir, WIT_GLOB)))
+    files = {}
+    for path in paths:
+        if exists(path):
+            info = filesystem(path).info(path)
+            files[path.rsplit("/", 1)[-1]] = {"size": info.get("size"), "mtime_ns": str(info.get("mtime"))}
+    return file_fingerprint(files)
+
+
 def file_fingerprint(files: dict) -> str:
     """``fetch``'s fingerprint: the verified checksums (or, offline, sizes and mtimes) of the input files."""
     return digest({name: {k: v for k, v in meta.items() if k in ("digest", "sha256", "size", "mtime_ns", "bytes")}
                    for name, meta in sorted(files.items())})
+
+
+def pipeline_done(settings, dump_date: str) -> dict | None:
+    """``report``'s record when every stage is up to date for ``dump_date``, else None.
+
+    What the DAG's first task asks, so a night with nothing new starts no
+    stage at all. ``infer`` is checked against the champion ``train`` recorded.
+    """
+    pinned = dataclasses.replace(settings, paths=dataclasses.replace(settings.paths, dump_date=dump_date))
+    layout = Layout.from_settings(pinned)
+    if recorded(layout, "fetch") is None:
+        return None
+    record = None
+    for stage in UPSTREAM:
+        if stage == "fetch":
+            continue
+        extra = {"model_uri": (recorded(layout, "train") or {}).get("champion_uri")} if stage == "infer" else None
+        record, _ = fresh(pinned, stage, extra)
+        if record is None:
+            return None
+    return record

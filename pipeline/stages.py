@@ -122,7 +122,7 @@ def kill_group(proc: subprocess.Popen, grace_s: float = TERM_GRACE_S) -> None:
 
 
 def launch(stage: str, overrides: dict[str, str] | None = None, env: dict | None = None,
-           on_start=None) -> dict:
+           force: bool = False, on_start=None) -> dict:
     """Run ``python -m pipeline <stage>`` in its own process group and return its summary.
 
     The stage writes its summary to a file named by ``--summary-file``; that
@@ -133,13 +133,14 @@ def launch(stage: str, overrides: dict[str, str] | None = None, env: dict | None
     training process races a retry (``die_with_parent`` covers a SIGKILLed
     launcher). ``on_start(proc)`` is called once the
     process runs (the Airflow operator keeps it for ``on_kill``). A non-zero
-    exit raises StageFailed with the stage's last error line.
+    exit raises StageFailed with the stage's last error line. ``force``
+    runs the stage even when its recorded fingerprint says it is up to date.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(ORDER)}")
     with tempfile.TemporaryDirectory(prefix=f"stage-{stage}-") as tmp:
         summary_file = os.path.join(tmp, "summary.json")
-        cmd = [sys.executable, "-m", "pipeline", stage, "--summary-file", summary_file]
+        cmd = [sys.executable, "-m", "pipeline", stage, "--summary-file", summary_file, *(["--force"] if force else [])]
         for key, value in sorted((overrides or {}).items()):
             cmd += ["--set", f"{key}={value}"]
         proc_env = {**os.environ, **(env or {})}

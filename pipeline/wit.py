@@ -18,6 +18,8 @@ UPLOAD_BASE = "https://upload.wikimedia.org"
 COMMONS_PREFIX = "/wikipedia/commons/"
 
 # The 17 columns of a WIT v1 TSV, read by name.
+# The WIT v1 training files, as published (wit_v1.train.all-00000-of-00010.tsv.gz ...).
+WIT_GLOB = "wit_v1.train.all-*.tsv.gz"
 WIT_COLUMNS = (
     "language",
     "page_url",

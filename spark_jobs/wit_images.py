@@ -23,6 +23,7 @@ from pipeline.layout import Layout, join
 from pipeline.spark import get_spark
 from pipeline.wit import (
     WIT_COLUMNS,
+    WIT_GLOB,
     commons_url_col,
     image_key_col,
     split_col,
@@ -30,7 +31,6 @@ from pipeline.wit import (
 )
 
 STAGE = "wit"
-GLOB = "wit_v1.train.all-*.tsv.gz"
 CORRUPT = "_corrupt_record"
 # Columns the stage uses; the others of WIT_COLUMNS may be absent without harm,
 # but the brief's contract is the WIT v1 layout, so all 17 are required.
@@ -39,7 +39,7 @@ SNIPPET_CHARS = 500
 
 
 def input_files(settings: Settings) -> list[str]:
-    pattern = join(settings.paths.wit_dir, GLOB)
+    pattern = join(settings.paths.wit_dir, WIT_GLOB)
     fs, _, _ = fsspec.get_fs_token_paths(pattern)
     files = sorted(fs.glob(pattern))
     if not files:

@@ -21,9 +21,31 @@ def test_dag_imports_and_chains_every_stage(monkeypatch, tmp_path):
     # the dump date is resolved once and handed to every stage
     assert dag.get_task("resolve_dump").downstream_task_ids == set(order)
     assert set(dag.params.keys()) >= {"dump_date", "taxonomy", "heuristics", "force"}
-    # a dump already processed with the same settings short-circuits the whole run
+    # a dump whose every stage is up to date short-circuits the whole run
     assert dag.get_task("resolve_dump").task_type.startswith("_ShortCircuit")
-    assert all(dag.get_task(t).outlets for t in order)  # every stage updates an asset
+
+
+def test_dag_operations_pools_timeouts_and_assets(monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import AssetAlias
+
+    from pipeline.stage_operator import StageOperator
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["wiki_topics"]
+    stages = ["fetch", "ingest", "graph", "label", "wit", "shard", "train", "infer", "report"]
+    for stage in stages:
+        task = dag.get_task(stage)
+        assert isinstance(task, StageOperator) and task.stage == stage
+        assert task.execution_timeout is not None and task.execution_timeout.total_seconds() >= 3600
+        # each stage adds its output's exact URI to an alias downstream DAGs can be scheduled on
+        assert task.outlets == [AssetAlias(name=f"wiki_image_topics.{stage}")]
+        gpu = stage in ("train", "infer")
+        assert (task.pool == "gpu") == gpu and (task.queue == "gpu") == gpu, stage
+    # inference uses the version the gate left as champion, not the model just trained
+    assert "champion_uri" in dag.get_task("infer").model_uri
+    assert dag.get_task("resolve_dump").execution_timeout is not None
 
 
 def test_dag_holds_no_business_logic():
