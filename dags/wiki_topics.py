@@ -36,15 +36,13 @@ from pipeline import fetch as fetch_stage  # noqa: E402
 from pipeline import lineage  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
 from pipeline.stage_operator import StageOperator, param_overrides  # noqa: E402
+from pipeline.stages import GPU_POOL, GPU_QUEUE, GPU_STAGES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-GPU_POOL = os.environ.get("WIKI_TOPICS_GPU_POOL", "gpu")
-GPU_QUEUE = os.environ.get("WIKI_TOPICS_GPU_QUEUE", "gpu")
 # Upper bounds at full scale (3.9M images, 11M categories); WIKI_TOPICS_TIMEOUT_HOURS_<STAGE> overrides.
 TIMEOUT_HOURS = {"fetch": 6, "ingest": 4, "graph": 2, "label": 4, "wit": 2, "shard": 48, "train": 24,
                  "infer": 12, "report": 2}
-GPU_STAGES = ("train", "infer")
 
 
 def _timeout(stage: str) -> timedelta:

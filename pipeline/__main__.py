@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--runs", type=int, default=1,
+                   help="nights to run: 1 = tonight; 3 = first dump, a second dump with changes, that dump again")
     _add_settings_arguments(p)
 
     p = sub.add_parser("config", help="print the resolved settings as JSON")
@@ -147,10 +149,11 @@ def main(argv=None) -> int:
         elif command == "demo":
             from pipeline import demo
 
-            summary = demo.run_demo(
+            result = demo.run_demo(
                 overrides=_overrides(args), images=args.images, categories=args.categories,
-                seed=args.seed, epochs=args.epochs,
+                seed=args.seed, epochs=args.epochs, runs=args.runs,
             )
+            summary = {k: v for k, v in result.items() if k not in ("summaries", "night_outputs")}
         elif command == "config":
             summary = load_settings(_overrides(args)).to_dict()
         else:

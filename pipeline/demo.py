@@ -6,8 +6,11 @@ publishers do: its dumps as a local dumps.wikimedia.org (directory listing,
 WIT TSVs as WIT's bucket, and its images as a local mirror of
 upload.wikimedia.org, so the run goes through ``fetch`` and the real download
 path like a nightly run. Points Airflow (SQLite metadata DB, LocalExecutor)
-and MLflow (SQLite) at the state folder, runs ``airflow dags test
-wiki_topics`` for today's logical date and prints where each output is.
+and MLflow (SQLite) at the state folder, creates the GPU pool, runs
+``airflow dags test wiki_topics`` for today's logical date and prints where
+each output is. ``--runs 3`` runs three nights instead: the first dump, a
+second dump of the same wiki (files recategorized, new images in a new WIT
+file), and that dump again, and prints what each night did.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ import json
 import os
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.atomic import exists, read_json
 from pipeline.config import load_settings
 from pipeline.layout import Layout
-from pipeline.stages import ORDER, PROJECT_ROOT
+from pipeline.stages import GPU_POOL, ORDER, PROJECT_ROOT
 
 SAMPLE_DUMP_DATE = "20260101"
+# The nightly demo's second dump of the same wiki (some files recategorized, new images).
+SECOND_DUMP_DATE = "20260301"
 # A newer run the demo's dumps server shows as still in progress: fetch must skip it.
 IN_PROGRESS_DUMP_DATE = "20260115"
 SMALL_DATA_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
@@ -51,6 +58,37 @@ def _airflow(args: list[str], env: dict[str, str]) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
+@dataclass(frozen=True)
+class Night:
+    """One nightly DAG run of the demo: the logical date, and the sample revision the publishers show."""
+
+    logical_date: str
+    revision: int
+
+
+def nights(runs: int, logical_date: str | None = None) -> list[Night]:
+    """``runs`` = 1: tonight, on the sample's dump. More: night 1 on the first dump, night 2 on a second
+    dump of the same wiki (files recategorized, new images), later nights on that dump again."""
+    if runs < 1:
+        raise ValueError(f"--runs must be at least 1, not {runs}")
+    if runs == 1:
+        return [Night(logical_date or datetime.now(timezone.utc).strftime("%Y-%m-%d"), 0)]
+    first = Night("2026-01-02", 0)
+    return [first] + [Night(f"2026-03-{1 + n:02d}", 1) for n in range(1, runs)]
+
+
+def _sample(sample_dir: Path, images: int, categories: int, seed: int, dump_date: str, revision: int) -> None:
+    from pipeline.sample import generator
+
+    marker = sample_dir / "sample.json"
+    wanted = {"images": images, "categories": categories, "seed": seed, "dump_date": dump_date,
+              "revision": revision}
+    if not (marker.exists() and json.loads(marker.read_text()).get("args") == wanted):
+        summary = generator.generate_sample(str(sample_dir), seed=seed, images=images, categories=categories,
+                                            dump_date=dump_date, revision=revision)
+        marker.write_text(json.dumps({"args": wanted, "summary": summary}, default=str))
+
+
 def run_demo(
     overrides: dict[str, str] | None = None,
     images: int = 3000,
@@ -58,29 +96,21 @@ def run_demo(
     seed: int = 0,
     epochs: int | None = None,
     logical_date: str | None = None,
-    extra_dump_dates: tuple[str, ...] = (),
+    runs: int = 1,
 ) -> dict:
-    from pipeline.sample import dumps_server, generator, server
+    """Run the DAG for each night of ``nights(runs)``; the last night's outputs, with a ``nights`` table."""
+    from pipeline.sample import dumps_server, server
 
     overrides = dict(overrides or {})
     settings = load_settings(overrides)
     data_root = Path(settings.paths.data_root).resolve()
     state_dir = Path(settings.paths.state_dir).resolve()
-    sample_dir = data_root / "sample"
+    plan = nights(runs, logical_date)
+    samples = {0: (data_root / "sample", SAMPLE_DUMP_DATE), 1: (data_root / "sample-next", SECOND_DUMP_DATE)}
+    used = sorted({n.revision for n in plan})
+    for revision in used:
+        _sample(samples[revision][0], images, categories, seed, samples[revision][1], revision)
 
-    marker = sample_dir / "sample.json"
-    wanted = {"images": images, "categories": categories, "seed": seed, "dump_date": SAMPLE_DUMP_DATE}
-    if not (marker.exists() and json.loads(marker.read_text()).get("args") == wanted):
-        summary = generator.generate_sample(
-            str(sample_dir), seed=seed, images=images, categories=categories, dump_date=SAMPLE_DUMP_DATE
-        )
-        marker.write_text(json.dumps({"args": wanted, "summary": summary}, default=str))
-
-    published = dumps_server.publish(sample_dir / "dumps", sample_dir / "wit", sample_dir / "published",
-                                     in_progress_date=IN_PROGRESS_DUMP_DATE, extra_dates=tuple(extra_dump_dates))
-    dumps = dumps_server.DumpsServer(sample_dir / "published").start()
-    image_requests = server.RequestCount()
-    base_url, stop = server.serve(str(sample_dir / "images"), count=image_requests)
     env = {
         **os.environ,
         **airflow_env(str(state_dir)),
@@ -89,11 +119,7 @@ def run_demo(
         # fetch downloads into these, from the local publishers
         "DUMPS_DIR": str(data_root / "dumps"),
         "WIT_DIR": str(data_root / "wit"),
-        "DUMPS_URL": dumps.url,
-        "WIT_URL": f"{dumps.url}/{dumps_server.WIT_PATH}/",
-        "WIT_FILES": ",".join(published["wit_files"]),
         "DUMP_DATE": SAMPLE_DUMP_DATE,
-        "WIKI_MIRROR_URL": base_url,
         "USER_AGENT": DEMO_USER_AGENT,
         # Offline machine: no ImageNet download. A few thousand images from scratch on a CPU
         # learn best with small batches, a higher rate and faster BatchNorm statistics
@@ -114,26 +140,83 @@ def run_demo(
     }
     if overrides:  # --set and shortcuts reach the stage processes too
         env["PIPELINE_OVERRIDES"] = json.dumps(overrides)
-    # A nightly run: no dump_date param, so the logical date (today) picks the newest complete dump.
-    logical_date = logical_date or datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    try:
-        _airflow(["db", "migrate"], env)
-        _airflow(["dags", "test", "wiki_topics", logical_date], env)
-    finally:
-        stop()
-        dumps.stop()
-    dump_date = max([SAMPLE_DUMP_DATE, *extra_dump_dates])
-    result = outputs(load_settings({**overrides, "paths.dump_date": dump_date}, environ=env))
-    result["dumps_server_file_requests"] = len(dumps.file_requests())
-    result["image_server_requests"] = image_requests.value
-    return result
+    _airflow(["db", "migrate"], env)
+    _airflow(["pools", "set", GPU_POOL, "1", "train and infer: one GPU"], env)
+    results = []
+    for number, night in enumerate(plan, 1):
+        sample_dir = samples[night.revision][0]
+        dump_dirs = [samples[r][0] / "dumps" for r in used if r <= night.revision]
+        published = dumps_server.publish(dump_dirs, sample_dir / "wit", data_root / "published",
+                                         in_progress_date=IN_PROGRESS_DUMP_DATE)
+        dumps = dumps_server.DumpsServer(data_root / "published").start()
+        image_requests = server.RequestCount()
+        base_url, stop = server.serve(str(sample_dir / "images"), count=image_requests)
+        night_env = {**env, "DUMPS_URL": dumps.url, "WIT_URL": f"{dumps.url}/{dumps_server.WIT_PATH}/",
+                     "WIT_FILES": ",".join(published["wit_files"]), "WIKI_MIRROR_URL": base_url}
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        try:
+            # No dump_date param: the logical date picks the newest complete dump, as a nightly run does.
+            _airflow(["dags", "test", "wiki_topics", night.logical_date], night_env)
+        finally:
+            stop()
+            dumps.stop()
+        dump_date = max(d for d in published["dates"] if d <= night.logical_date.replace("-", ""))
+        result = outputs(load_settings({**overrides, "paths.dump_date": dump_date}, environ=night_env))
+        result.update(night=number, logical_date=night.logical_date, **_night_row(result, started),
+                      dumps_server_file_requests=len(dumps.file_requests()),
+                      image_server_requests=image_requests.value)
+        results.append(result)
+    table = [{k: r[k] for k in NIGHT_COLUMNS} for r in results]
+    if runs > 1:
+        print_nights(table)
+    return {**results[-1], "nights": table, "night_outputs": results[:-1]}
+
+
+NIGHT_COLUMNS = ("night", "logical_date", "dump_date", "images_downloaded", "stages_run", "stages_skipped",
+                 "challenger_auc_pr", "champion_auc_pr", "promoted", "reason")
+
+
+def _night_row(result: dict, started: str) -> dict:
+    """What one night did, from the summaries the stages recorded: a stage ran tonight when its
+    record finished after the night began (a skipped stage keeps its earlier record)."""
+    summaries = result["summaries"]
+    ran = [s for s in ORDER if summaries.get(s, {}).get("finished_at", "") >= started]
+    train = summaries.get("train", {}) if "train" in ran else {}
+    return {
+        "stages_run": ran,
+        "stages_skipped": [s for s in ORDER if s not in ran],
+        "images_downloaded": summaries.get("shard", {}).get("downloaded", 0) if "shard" in ran else 0,
+        "challenger_auc_pr": train.get("test_macro_auc_pr"),
+        "champion_auc_pr": train.get("champion_auc_pr"),
+        "promoted": train.get("promoted"),
+        "reason": train.get("promotion_reason") or ("nothing changed: no model trained" if not train else None),
+    }
+
+
+def print_nights(table: list[dict]) -> None:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        if isinstance(v, list):
+            return ",".join(v) or "-"
+        return "-" if v is None else str(v)
+
+    print("\nwiki-image-topics nightly demo:")
+    for row in table:
+        print(f"  night {row['night']} ({row['logical_date']}, dump {row['dump_date']}): "
+              f"{row['images_downloaded']} images downloaded")
+        print(f"    stages run:     {fmt(row['stages_run'])}")
+        print(f"    stages skipped: {fmt(row['stages_skipped'])}")
+        print(f"    test macro AUC(PR) on one split: challenger {fmt(row['challenger_auc_pr'])}, "
+              f"champion {fmt(row['champion_auc_pr'])}; champion moved: {fmt(row['promoted'])}")
+        print(f"    why: {fmt(row['reason'])}")
 
 
 def outputs(settings) -> dict:
     """Where each output of a run is, from the stage summaries the stages left behind."""
     layout = Layout.from_settings(settings)
     summaries = {}
-    for stage in ORDER + ["run"]:
+    for stage in ORDER:
         path = layout.summary(stage)
         if exists(path):
             summaries[stage] = read_json(path)
@@ -159,9 +242,11 @@ def outputs(settings) -> dict:
         "test_mean_prevalence": train.get("test_mean_prevalence"),
         "beats_chance": train.get("beats_chance"),
         "airflow_home": str(Path(settings.paths.state_dir).resolve() / "airflow"),
+        "summaries": summaries,
     }
     width = max(map(len, result))
-    print("\nwiki-image-topics demo outputs:")
+    print(f"\nwiki-image-topics demo outputs (dump {layout.dump_date}):")
     for key, value in result.items():
-        print(f"  {key:<{width}}  {value}")
+        if key != "summaries":
+            print(f"  {key:<{width}}  {value}")
     return result

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The Airflow pool and queue of the stages that want the GPU (train, infer).
+GPU_POOL = os.environ.get("WIKI_TOPICS_GPU_POOL", "gpu")
+GPU_QUEUE = os.environ.get("WIKI_TOPICS_GPU_QUEUE", "gpu")
+GPU_STAGES = ("train", "infer")
 
 
 @dataclass(frozen=True)

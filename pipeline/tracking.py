@@ -40,10 +40,19 @@ def artifact_root(settings: Settings) -> str:
     return (Path(settings.paths.state_dir).resolve() / "mlartifacts").as_uri()
 
 
+def load_credentials(environ=os.environ) -> None:
+    """MLflow's client reads its password from MLFLOW_TRACKING_PASSWORD; deployments hand it over
+    as a file (a compose or Kubernetes secret) named by MLFLOW_TRACKING_PASSWORD_FILE."""
+    path = environ.get("MLFLOW_TRACKING_PASSWORD_FILE")
+    if path and not environ.get("MLFLOW_TRACKING_PASSWORD"):
+        environ["MLFLOW_TRACKING_PASSWORD"] = Path(path).read_text().strip()
+
+
 def configure(settings: Settings):
     """Set tracking/registry URI and experiment; returns the experiment id."""
     import mlflow
 
+    load_credentials()
     uri = settings.mlflow_uri
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +94,7 @@ def model_name(settings: Settings) -> str:
 def client(settings: Settings):
     import mlflow
 
+    load_credentials()
     return mlflow.MlflowClient(settings.mlflow_uri, settings.mlflow_uri)
 
 

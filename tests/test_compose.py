@@ -1,23 +1,40 @@
-"""docker-compose.yml is validated without a Docker engine: structure and wiring."""
+"""docker-compose.yml, checked without a Docker engine: wiring, no secret in the file, every secret
+required, ports on loopback, a GPU worker; every service's command exists in the image; and the
+MLflow server's own start script, run here on loopback, refuses requests without a password."""
 
+import dataclasses
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+TEXT = (ROOT / "docker-compose.yml").read_text()
+PROJECT_IMAGES = {"wiki-image-topics:latest", "wiki-image-topics:gpu"}
 
 
 def _compose():
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return yaml.safe_load(TEXT)
 
 
 def test_services_are_the_real_engines():
     services = _compose()["services"]
-    for name in ["postgres", "mlflow", "spark-master", "spark-worker", "airflow-init",
-                 "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor"]:
+    for name in ["postgres", "redis", "mlflow", "spark-master", "spark-worker", "airflow-init",
+                 "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker",
+                 "airflow-worker-gpu"]:
         assert name in services, name
-    assert services["airflow-scheduler"]["command"] == "airflow scheduler"
-    assert "spark.deploy.worker.Worker spark://spark-master:7077" in services["spark-worker"]["command"]
+    assert services["airflow-scheduler"]["command"] == ["airflow", "scheduler"]
+    assert services["spark-worker"]["command"][-1] == "spark://spark-master:7077"
 
 
 def test_wiring_between_services():
@@ -25,25 +42,184 @@ def test_wiring_between_services():
     env = services["airflow-scheduler"]["environment"]
     assert env["SPARK_MASTER"] == "spark://spark-master:7077"
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
-    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
-    assert "postgresql" in services["mlflow"]["command"]
-    # every env var the stages read is a real setting
+    assert "postgresql+psycopg2://" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    # every env var the stages read is a real setting (or Airflow's, MLflow's client's, the DAG's)
     from pipeline.config import Settings
-    import dataclasses
 
     known = {f.metadata["env"] for sec in dataclasses.fields(Settings)
              for f in dataclasses.fields(sec.default_factory())}
     for key in env:
-        assert key.startswith("AIRFLOW__") or key in known, key
+        assert key.startswith(("AIRFLOW__", "MLFLOW_TRACKING_", "WIKI_TOPICS_")) or key in known, key
+    # the DAG's GPU pool and queue are the ones the GPU worker serves and airflow-init creates
+    from pipeline.stages import GPU_POOL, GPU_QUEUE
+
+    assert env["WIKI_TOPICS_GPU_POOL"] == GPU_POOL and env["WIKI_TOPICS_GPU_QUEUE"] == GPU_QUEUE
+    assert f"airflow pools set {GPU_POOL} " in services["airflow-init"]["command"][-1]
+    assert services["airflow-worker-gpu"]["command"][-3:] == ["--queues", GPU_QUEUE, "--concurrency", "1"][-3:] \
+        or GPU_QUEUE in services["airflow-worker-gpu"]["command"]
+    assert services["airflow-worker"]["command"][-1] == env["AIRFLOW__CELERY__DEFAULT_QUEUE"]
 
 
-def test_referenced_files_exist():
-    compose = _compose()
-    assert (ROOT / "Dockerfile").exists()
-    init = compose["services"]["postgres"]["volumes"][1].split(":")[0]
-    assert (ROOT / init).exists()
+def test_no_secret_is_written_in_the_deployment():
+    for literal in ("airflow:airflow", "mlflow:mlflow", "change-me", "POSTGRES_PASSWORD:", "password1234"):
+        assert literal not in TEXT, literal
+    for path in [ROOT / "docker-compose.yml", *sorted((ROOT / "docker").iterdir()), ROOT / ".env.example"]:
+        text = path.read_text()
+        # a password or key is only ever read from a secret file
+        for m in re.finditer(r"(?i)(password|secret|fernet|jwt)[a-z_]*[ \t]*[:=][ \t]*(\S*)", text):
+            if re.search(r":'[a-z_]+'", m.group(0)):
+                continue  # a psql variable, set from a secret file
+            value = m.group(2).strip("\"'")
+            assert value.startswith(("$", "/run/secrets/", "cat", "sh", "${", "admin", "\"$", "[", "?")) or value == "", \
+                (path.name, m.group(0))
+        assert not re.search(r"PASSWORD\s+'[^:]", text), path.name  # no literal in SQL either
+    services = _compose()["services"]
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|FERNET|JWT", key):
+                assert key.endswith(("_FILE", "_CMD")) and "/run/secrets/" in str(value), (name, key)
+    # every secret a service reads is one it was given
+    for name, service in services.items():
+        given = set(service.get("secrets") or [])
+        used = set(re.findall(r"/run/secrets/([a-z_]+)", json.dumps(service)))
+        assert used <= given, (name, used - given)
+
+
+def test_every_variable_is_required_or_safe_and_listed_in_env_example():
+    names = set()
+    for m in re.finditer(r"(?<!\$)\$\{([A-Z_]+)(:?[-?])?([^}]*)\}", TEXT):
+        name, op, rest = m.groups()
+        names.add(name)
+        if name == "BIND_ADDRESS":
+            assert op == ":-" and rest == "127.0.0.1"
+        else:
+            assert op == ":?" and rest, m.group(0)  # unset: compose refuses, saying what to set
+    example = (ROOT / ".env.example").read_text()
+    for name in names:
+        assert re.search(rf"^{name}=", example, re.M), name
+    secrets = _compose()["secrets"]
+    for secret in secrets:
+        assert secret in example, secret  # .env.example says what each secret file is
+        assert secrets[secret]["file"].startswith("${SECRETS_DIR:?")
+
+
+def test_ports_are_published_on_loopback_only():
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+    assert re.search(r"^BIND_ADDRESS=127\.0\.0\.1$", (ROOT / ".env.example").read_text(), re.M)
+
+
+def test_the_gpu_worker_reserves_a_gpu_and_uses_the_gpu_build():
+    gpu = _compose()["services"]["airflow-worker-gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"] and devices[0]["count"] >= 1
+    assert gpu["build"]["args"]["TENSORFLOW"].startswith("tensorflow[and-cuda]==")
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "requirements.lock" in dockerfile and "openjdk-17" in dockerfile
-    for package in ["psycopg2-binary", "apache-airflow==", "pyspark==", "mlflow=="]:
-        assert package in (ROOT / "requirements.lock").read_text()
+    assert "ARG TENSORFLOW" in dockerfile and "pip uninstall -y tensorflow-cpu" in dockerfile
+    pinned = re.search(r"^tensorflow[-_]cpu==(\S+)$", (ROOT / "requirements.lock").read_text(), re.M).group(1)
+    assert gpu["build"]["args"]["TENSORFLOW"].endswith(f"=={pinned}")  # the same version as the CPU build
+
+
+def test_every_service_command_exists_in_the_image():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "requirements.lock" in dockerfile and "openjdk-17" in dockerfile and "COPY docker/ docker/" in dockerfile
+    lock = (ROOT / "requirements.lock").read_text()
+    for package in ["psycopg2-binary", "apache-airflow==", "apache-airflow-providers-celery==", "redis==",
+                    "pyspark==", "mlflow==", "Flask-WTF=="]:
+        assert package in lock, package
+    bin_dir = Path(sys.executable).parent  # this venv holds requirements.lock, as the image does
+    airflow_commands = []
+    for name, service in _compose()["services"].items():
+        if service.get("image") not in PROJECT_IMAGES:
+            continue
+        command = service["command"]
+        if command[0].startswith("/opt/wiki-image-topics/"):
+            script = ROOT / command[0].removeprefix("/opt/wiki-image-topics/")
+            assert script.exists() and os.access(script, os.X_OK), name
+            airflow_commands += [c.split() for c in re.findall(r"exec (airflow [a-z-]+)", script.read_text())]
+        elif command[:2] == ["sh", "-c"]:
+            airflow_commands += [c.split() for c in re.findall(r"(airflow [a-z]+ [a-z]+)", command[2])]
+        else:
+            assert (bin_dir / command[0]).exists(), (name, command[0])
+            if command[0] == "airflow":
+                airflow_commands.append(command)
+    # the Airflow subcommands parse (celery's exist only with the CeleryExecutor configured)
+    code = ("import json, sys; from airflow.cli.cli_parser import get_parser; p = get_parser(); "
+            "[p.parse_args(c[1:]) for c in json.loads(sys.argv[1])]")
+    checked = [c + (["gpu", "1", "x"] if c[1:3] == ["pools", "set"] else []) for c in airflow_commands]
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(checked)], capture_output=True, text=True,
+                         env={**os.environ, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                              "AIRFLOW_HOME": "/tmp/compose-airflow-home"}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert {c[1] for c in checked} >= {"scheduler", "dag-processor", "celery", "api-server", "db", "pools"}
+    from importlib.metadata import entry_points
+
+    assert "basic-auth" in {e.name for e in entry_points(group="mlflow.app")}  # mlflow --app-name basic-auth
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_mlflow_server_refuses_requests_without_the_admin_password(tmp_path):
+    """docker/mlflow-server.sh itself, on loopback with SQLite: MLflow's basic-auth app is on."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "mlflow_admin_password").write_text("s3cret-for-this-test\n")
+    (secrets / "mlflow_flask_secret").write_text("flask-key-for-this-test\n")
+    port = _free_port()
+    env = {**os.environ, "SECRETS": str(secrets), "MLFLOW_DB_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_ARTIFACTS": str(tmp_path / "art"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(ROOT / "docker" / "mlflow-server.sh")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+
+    def get(auth=None):
+        request = urllib.request.Request(url)
+        if auth:
+            request.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                status = get()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                assert server.poll() is None and time.time() < deadline, server.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        assert status == 401
+        assert get("admin:wrong") == 401
+        assert get("admin:s3cret-for-this-test") == 200
+        # the pipeline's clients sign in from a password file, as the compose services do
+        from pipeline import tracking
+        from pipeline.config import load_settings
+
+        environ = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD_FILE": str(secrets / "mlflow_admin_password")}
+        os.environ.update(environ)
+        try:
+            os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+            settings = load_settings({"tracking.tracking_uri": f"http://127.0.0.1:{port}",
+                                      "paths.state_dir": str(tmp_path / "state")}, environ={})
+            assert tracking.configure(settings)
+        finally:
+            for key in [*environ, "MLFLOW_TRACKING_PASSWORD"]:
+                os.environ.pop(key, None)
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+
+
+@pytest.mark.parametrize("script", ["airflow-apiserver.sh", "mlflow-server.sh", "postgres-init.sh"])
+def test_the_start_scripts_are_valid_shell(script):
+    assert subprocess.run(["sh", "-n", str(ROOT / "docker" / script)]).returncode == 0

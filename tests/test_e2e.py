@@ -1,4 +1,6 @@
-"""The whole Airflow DAG on a tiny sample, asserting on the real outputs it leaves."""
+"""The whole Airflow DAG on a tiny sample, three nights as the nightly loop runs them, asserting on the
+real outputs it leaves: night 1 on the first dump, night 2 on a second dump of the same wiki (files
+recategorized, new images), night 3 on that dump again."""
 
 import json
 from pathlib import Path
@@ -9,15 +11,21 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def nights(tmp_path_factory):
     from pipeline.demo import run_demo
 
     root = tmp_path_factory.mktemp("e2e")
     # The sample's truth.json holds the labels of the plain depth rule; headJ is tested on its own.
     overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
                  "label.heuristics": "depth"}
-    result = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=1)
-    return root, result
+    result = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=1, runs=3)
+    return root, result["night_outputs"] + [result], result["nights"]
+
+
+@pytest.fixture(scope="module")
+def demo(nights):
+    root, outputs, _ = nights
+    return root, outputs[0]
 
 
 def test_dag_run_produces_every_output(demo):
@@ -46,16 +54,19 @@ def test_tables_and_labels_of_fixture_files(demo):
     assert depth["CommonsRoot"] == 1
 
 
-def test_store_is_webdataset_without_labels_and_the_index_has_them(demo):
+def test_store_is_webdataset_without_labels_and_the_index_has_them(nights):
     import pyarrow.parquet as pq
     import webdataset as wds
 
-    _, result = demo
+    _, outputs, _ = nights
+    result, latest = outputs[0], outputs[1]  # night 2's index covers every image the store holds
     tars = sorted(Path(result["image_store"]).glob("shards/shard-*.tar"))
     assert tars
     samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode("rgb8"))
-    statuses = pq.read_table(result["image_index"], columns=["status"]).column("status").to_pylist()
-    assert len(samples) == statuses.count("ok") and result["images_downloaded"] == len(statuses)
+    statuses = pq.read_table(latest["image_index"], columns=["status"]).column("status").to_pylist()
+    assert len(samples) == statuses.count("ok")
+    first = pq.read_table(result["image_index"], columns=["status"]).column("status").to_pylist()
+    assert result["images_downloaded"] == len(first)
     image = samples[0].get("jpg", samples[0].get("png"))
     assert image.shape[1] <= 120  # the fetched thumbnail, not resized for the model
     meta = samples[0]["json"]
@@ -72,7 +83,7 @@ def test_mlflow_run_has_test_metrics_and_model(demo):
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert "test_macro_auc_pr" in run.data.metrics
-    version = client.get_model_version_by_alias("wiki-image-topics", "challenger")
+    version = client.get_model_version("wiki-image-topics-v1.3", "1")  # night 1 registered the first version
     assert version.run_id == run.info.run_id
 
 
@@ -112,53 +123,95 @@ def test_every_data_stage_is_tracked_in_mlflow(demo):
 
 def test_dag_fetched_the_newest_complete_dump_from_the_local_publishers(demo):
     root, result = demo
-    # the demo's dumps server also shows a newer run still in progress: the logical date (today)
+    # the demo's dumps server also shows a newer run still in progress: the logical date
     # maps to the newest *complete* dump, whose 5 tables and 2 WIT files were downloaded
     assert result["dump_date"] == "20260101"
     assert result["fetched_files"] == 7
     assert result["dumps_server_file_requests"] == 7
-    fetched = sorted(p.name for p in (root / "data" / "dumps").glob("*.sql.gz"))
+    fetched = sorted(p.name for p in (root / "data" / "dumps").glob("commonswiki-20260101-*.sql.gz"))
     assert fetched == [f"commonswiki-20260101-{t}.sql.gz"
                        for t in sorted(["page", "categorylinks", "linktarget", "page_props", "redirect"])]
     assert not list((root / "data").glob("20260115"))
 
 
-def test_a_later_night_on_the_same_dump_skips_every_stage(demo):
-    """A second logical date resolving to the dump already processed with the same settings does nothing."""
+def test_night_2_downloads_exactly_the_new_images_and_relabels_the_recategorized_files(nights):
+    import pyarrow.parquet as pq
+
+    root, outputs, table = nights
+    first, second = outputs[0], outputs[1]
+    revision = json.loads((root / "data" / "sample-next" / "truth.json").read_text())["revision"]
+    added, moved = set(revision["added_files"]), set(revision["recategorized_files"])
+    assert added and moved
+    assert second["dump_date"] == "20260301" and table[1]["dump_date"] == "20260301"
+    # the new images, and not one image fetched again
+    assert second["image_server_requests"] == len(added) == second["images_downloaded"]
+    assert table[1]["images_downloaded"] == len(added)
+    assert second["dumps_server_file_requests"] == 6  # the new dump's 5 tables and the new WIT file
+    assert second["image_store"] == first["image_store"]
+
+    def labels(result):
+        frame = pq.read_table(result["labels"], columns=["file_title", "labels_hier"]).to_pandas()
+        return {r.file_title: tuple(r.labels_hier) for r in frame.itertuples()}
+
+    before, after = labels(first), labels(second)
+    assert added <= set(after) and not added & set(before)
+    changed = {t for t in before if before[t] != after.get(t)}
+    assert changed and changed <= moved, changed - moved  # only the recategorized files changed labels
+    assert set(table[1]["stages_run"]) == {"fetch", "ingest", "graph", "label", "wit", "shard", "train",
+                                           "infer", "report"}
+
+
+def test_night_2_compares_the_champion_on_the_challengers_test_split(nights):
+    import mlflow
+    import pyarrow.parquet as pq
+
+    root, outputs, table = nights
+    first, second = outputs[0]["summaries"]["train"], outputs[1]["summaries"]["train"]
+    assert second["test_fingerprint"] != first["test_fingerprint"]  # a new dump: a new split
+    assert second["champion_before"] == "1" and second["champion_auc_pr"] is not None
+    client = mlflow.MlflowClient(tracking_uri=outputs[1]["mlflow_tracking_uri"])
+    run = client.get_run(second["run_id"])
+    assert run.data.tags["champion_compared"] == "1"
+    assert run.data.tags["test_fingerprint"] == second["test_fingerprint"]  # one split for both figures
+    assert run.data.metrics["champion_test_macro_auc_pr"] == pytest.approx(second["champion_auc_pr"])
+    version = client.get_model_version("wiki-image-topics-v1.3", second["model_version"])
+    assert version.tags["promotion"] == second["promotion_reason"] and second["test_fingerprint"] in \
+        second["promotion_reason"]
+    assert table[1]["promoted"] == second["promoted"] and table[1]["champion_auc_pr"] == second["champion_auc_pr"]
+    # inference used the version the gate left as champion
+    champion = second["champion_version"]
+    assert champion == (second["model_version"] if second["promoted"] else "1")
+    predictions = pq.read_table(outputs[1]["predictions"], columns=["model_version", "model_uri"]).to_pandas()
+    assert set(predictions["model_version"]) == {champion}
+    assert set(predictions["model_uri"]) == {f"models:/wiki-image-topics-v1.3/{champion}"}
+
+
+def test_night_3_on_the_same_dump_skips_every_stage(nights):
+    """A later logical date resolving to the dump already processed with the same inputs does nothing."""
     import sqlite3
 
-    from pipeline.demo import run_demo
-
-    root, first = demo
-    overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
-                 "label.heuristics": "depth"}
-    again = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=1, logical_date="2030-01-02")
-    assert again["dumps_server_file_requests"] == 0
-    assert again["mlflow_run_id"] == first["mlflow_run_id"]  # nothing was trained
+    root, outputs, table = nights
+    third = outputs[2]
+    assert table[2]["dump_date"] == "20260301" and table[2]["stages_run"] == []
+    assert table[2]["images_downloaded"] == 0 and table[2]["challenger_auc_pr"] is None
+    assert third["dumps_server_file_requests"] == 0 and third["image_server_requests"] == 0
+    assert third["mlflow_run_id"] == outputs[1]["mlflow_run_id"]  # nothing was trained
     db = sqlite3.connect(root / "state" / "airflow" / "airflow.db")
     (run_id,) = db.execute("SELECT run_id FROM dag_run WHERE dag_id='wiki_topics' "
-                           "AND logical_date LIKE '2030-01-02%'").fetchone()
+                           "AND logical_date LIKE '2026-03-03%'").fetchone()
     states = dict(db.execute("SELECT task_id, state FROM task_instance WHERE dag_id='wiki_topics' AND run_id=?",
                              (run_id,)).fetchall())
     assert states.pop("resolve_dump") == "success"
-    assert set(states.values()) == {"skipped"} and "train" in states and "fetch" in states
+    assert set(states.values()) == {"skipped"} and "train" in states and "ingest" in states
 
 
-def test_a_new_dump_of_the_same_sample_downloads_no_image(demo):
-    """Night 2: a new dump date, the same WIT: the whole DAG runs, and not one image is fetched again."""
-    import pyarrow.parquet as pq
+def test_each_stage_published_the_exact_uri_of_its_output(nights):
+    import sqlite3
 
-    from pipeline.demo import run_demo
-
-    root, first = demo
-    overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
-                 "label.heuristics": "depth"}
-    night2 = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=1,
-                      logical_date="2026-03-02", extra_dump_dates=("20260301",))
-    assert night2["dump_date"] == "20260301"
-    assert night2["image_server_requests"] == 0 and night2["images_downloaded"] == 0
-    assert night2["dumps_server_file_requests"] == 5  # the new dump's tables; WIT is verified, not fetched
-    assert night2["mlflow_run_id"] != first["mlflow_run_id"]  # it trained, on the same store
-    assert night2["image_store"] == first["image_store"]
-    predictions = pq.read_table(night2["predictions"]).to_pandas()
-    assert predictions["p_stem"].notna().sum() > 0.8 * len(predictions)
+    root, outputs, _ = nights
+    db = sqlite3.connect(root / "state" / "airflow" / "airflow.db")
+    uris = {u for (u,) in db.execute("SELECT a.uri FROM asset_event e JOIN asset a ON a.id = e.asset_id")}
+    for result in outputs[:2]:
+        assert Path(result["predictions"]).resolve().as_uri() in uris
+        assert Path(result["labels"]).resolve().as_uri() in uris
+    assert "models:/wiki-image-topics-v1.3/1" in uris

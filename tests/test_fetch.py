@@ -49,7 +49,7 @@ def make_settings(server, tmp_path, **over):
     base = {
         "fetch.dumps_url": server.url,
         "fetch.wit_url": f"{server.url}/{WIT_PATH}/",
-        "fetch.wit_files": "wit_v1.train.all-00000-of-00002.tsv.gz,wit_v1.train.all-00001-of-00002.tsv.gz",
+        "fetch.wit_files": "wit_v1.train.all-00000-of-00010.tsv.gz,wit_v1.train.all-00001-of-00010.tsv.gz",
         "fetch.backoff_s": "0.01",
         "paths.dumps_dir": str(tmp_path / "dumps"),
         "paths.wit_dir": str(tmp_path / "wit"),
@@ -243,7 +243,7 @@ def test_keep_dumps_removes_older_dates(published, server, tmp_path):
 
 def test_truncated_wit_file_is_fetched_again_then_fails(published, tmp_path):
     root, _ = published
-    name = "wit_v1.train.all-00000-of-00002.tsv.gz"
+    name = "wit_v1.train.all-00000-of-00010.tsv.gz"
     pub = tmp_path / "pub" / WIT_PATH
     pub.mkdir(parents=True)
     data = (root / "sample" / "wit" / name).read_bytes()
@@ -294,7 +294,7 @@ def test_gzip_corruption_is_reported(tmp_path):
 
 def test_cli_fetch_latest_then_rerun_downloads_nothing(server, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DUMPS_URL": server.url, "WIT_URL": f"{server.url}/{WIT_PATH}/",
-           "WIT_FILES": "wit_v1.train.all-00000-of-00002.tsv.gz,wit_v1.train.all-00001-of-00002.tsv.gz",
+           "WIT_FILES": "wit_v1.train.all-00000-of-00010.tsv.gz,wit_v1.train.all-00001-of-00010.tsv.gz",
            "DUMPS_DIR": str(tmp_path / "dumps"), "WIT_DIR": str(tmp_path / "wit"), "DUMP_DATE": "latest",
            "USER_AGENT": UA, "DATA_ROOT": str(tmp_path / "data"), "STATE_DIR": str(tmp_path / "state")}
     help_text = subprocess.run([sys.executable, "-m", "pipeline", "fetch", "--help"], env=env, cwd=tmp_path,

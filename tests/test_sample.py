@@ -282,7 +282,7 @@ def test_truth_fixtures(sample):
 def test_wit_rows(sample):
     out, summary, truth = sample
     assert [os.path.basename(p) for p in summary["wit"]] == [
-        "wit_v1.train.all-00000-of-00002.tsv.gz", "wit_v1.train.all-00001-of-00002.tsv.gz"]
+        "wit_v1.train.all-00000-of-00010.tsv.gz", "wit_v1.train.all-00001-of-00010.tsv.gz"]
     rows = read_wit(out)
     assert len(rows) == truth["counts"]["wit_rows"]
     en_commons_raster = {

@@ -91,29 +91,25 @@ def publish_run(root: str | Path, wiki: str, date: str, files: dict[str, Path],
     return run_dir
 
 
-def publish(dumps_dir: str | Path, wit_dir: str | Path, root: str | Path, wiki: str = "commonswiki",
-            in_progress_date: str | None = None, failed_date: str | None = None,
-            extra_dates: tuple[str, ...] = ()) -> dict:
-    """Publish every dump date found in ``dumps_dir`` and the WIT TSVs of ``wit_dir`` under ``root``.
+def publish(dumps_dir: str | Path | list, wit_dir: str | Path, root: str | Path, wiki: str = "commonswiki",
+            in_progress_date: str | None = None, failed_date: str | None = None) -> dict:
+    """Publish every dump date found in ``dumps_dir`` (one folder or several) and the WIT TSVs of ``wit_dir``.
 
     ``in_progress_date`` adds a newer run whose page job is done and the rest
     still running; ``failed_date`` one whose categorylinks job failed. A
     ``latest/`` directory points at the in-progress run, as Wikimedia's does
-    while a run is under way. ``extra_dates`` publish the newest date's files
-    again as later complete runs (a new dump of an unchanged wiki).
+    while a run is under way.
     """
-    root, dumps_dir = Path(root), Path(dumps_dir)
+    root = Path(root)
     by_date: dict[str, dict[str, Path]] = {}
-    for p in sorted(dumps_dir.glob(f"{wiki}-*-*.sql.gz")):
+    folders = [dumps_dir] if isinstance(dumps_dir, (str, Path)) else list(dumps_dir)
+    for p in sorted(f for d in folders for f in Path(d).glob(f"{wiki}-*-*.sql.gz")):
         date, table = p.name[len(wiki) + 1:].split("-", 1)
         by_date.setdefault(date, {})[table.removesuffix(".sql.gz")] = p
     dates = sorted(by_date)
     for date, files in by_date.items():
         publish_run(root, wiki, date, files)
     newest = by_date[dates[-1]] if dates else {}
-    for date in extra_dates:
-        publish_run(root, wiki, date, newest)
-    dates = sorted(set(dates) | set(extra_dates))
     if failed_date:
         publish_run(root, wiki, failed_date, newest, {t: ("failed" if t == "categorylinks" else "done")
                                                     for t in newest})

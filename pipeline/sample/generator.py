@@ -5,7 +5,7 @@
 - ``dumps/commonswiki-<date>-{page,categorylinks,linktarget,page_props,redirect}.sql.gz``
   in the real mysqldump format (``legacy_schema``: categorylinks with ``cl_to``
   and no linktarget dump);
-- ``wit/wit_v1.train.all-0000N-of-0000M.tsv.gz`` with the real 17 columns;
+- ``wit/wit_v1.train.all-0000N-of-00010.tsv.gz`` (the first of WIT's ten files) with the real 17 columns;
 - ``images/wikipedia/commons/<a>/<ab>/<Name>``: the originals the WIT rows
   point at, drawn so their content depends on their topic labels;
 - ``truth.json``: facts the tests assert on (fixture labels, depths, hidden and
@@ -262,6 +262,7 @@ HTML_ERROR = (
 
 CAT_REDIRECT_EVERY, CAT_REDIRECT_AT = 293, 17
 FILE_REDIRECT_EVERY, FILE_REDIRECT_AT = 211, 7
+REVISED_EVERY = 10  # in a later dump (revision > 0), every 10th generated English image is recategorized
 
 
 def _null_head(title: str) -> bool:
@@ -274,10 +275,19 @@ def _mask_labels(mask: int, names: list[str]) -> list[str]:
 
 
 class _Sample:
-    def __init__(self, out, seed, images, categories, legacy_schema, dump_date, with_images, wit_files):
+    def __init__(self, out, seed, images, categories, legacy_schema, dump_date, with_images, wit_files,
+                 revision=0):
         self.out, self.seed, self.n_images, self.legacy = out, seed, images, legacy_schema
         self.dump_date, self.with_images, self.wit_files = dump_date, with_images, max(1, wit_files)
         self.rng = random.Random(seed)
+        # A later dump of the same wiki: every REVISED_EVERY-th generated file moved to other categories,
+        # and ADDED_PER_REVISION new images (with WIT rows) per revision. Its own generator, so
+        # everything else is drawn exactly as in revision 0.
+        self.dump_revision = revision
+        self.rev_rng = random.Random(f"{seed}-revision-{revision}")
+        self.n_added = revision * max(5, images // 20)
+        self.revised_files: list[str] = []
+        self.added_files: list[str] = []
         self.tax = {v: Taxonomy.load(v) for v in TAXONOMIES}
         self.seed_masks = {}
         for v, tax in self.tax.items():
@@ -324,7 +334,7 @@ class _Sample:
         self.n_gen_files = max(self.n_gen_wit, int(categories * 1.7) - len(FIXTURE_FILES))
         n_gen_redirects = sum(1 for j in range(self.n_gen_files) if j % FILE_REDIRECT_EVERY == FILE_REDIRECT_AT)
         self.file_id0 = CAT_BASE_ID + self.n_cats
-        self.n_pages = self.n_cats + len(FIXTURE_FILES) + self.n_gen_files + n_gen_redirects
+        self.n_pages = self.n_cats + len(FIXTURE_FILES) + self.n_gen_files + n_gen_redirects + self.n_added
 
         # per-category state (index c = creation order; page id = CAT_BASE_ID + c)
         self.depth = array("b")  # 0: not reachable from CommonsRoot
@@ -377,8 +387,9 @@ class _Sample:
         return target[0] + target[1:].lower()  # a case variant, as most category redirects are
 
     # ---------------------------------------------------------------- rows
-    def _ts(self) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.ts_base + self.rng.randrange(self.ts_span)))
+    def _ts(self, rng: random.Random | None = None) -> str:
+        rng = rng or self.rng
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.ts_base + rng.randrange(self.ts_span)))
 
     def _page(self, page_id: int, ns: int, title: str, redirect: bool, length: int) -> None:
         self.revision += 1
@@ -387,7 +398,7 @@ class _Sample:
             self.touched, self.touched, self.revision, length, "wikitext", None,
         ))
 
-    def _links(self, page_id: int, title: str, parents: list, cl_type: str) -> None:
+    def _links(self, page_id: int, title: str, parents: list, cl_type: str, rng=None) -> None:
         """categorylinks rows of one page, in primary-key order. parents: category index or -(red + 1)."""
         sortkey = title.upper()[:230]
         if self.legacy:
@@ -397,10 +408,10 @@ class _Sample:
                 rows.append((to.encode("utf-8"), to))
             rows.sort()
             for _, to in rows:
-                self.w_links.write((page_id, to, sortkey, "", self._ts(), "uppercase", cl_type))
+                self.w_links.write((page_id, to, sortkey, "", self._ts(rng), "uppercase", cl_type))
         else:
             for lt in sorted(self.lt_cat0 + p if p >= 0 else self.lt_red0 + (-p - 1) for p in parents):
-                self.w_links.write((page_id, lt, sortkey, "", self._ts(), cl_type, 0))
+                self.w_links.write((page_id, lt, sortkey, "", self._ts(rng), cl_type, 0))
         self.counts["category_edges" if cl_type == "subcat" else "file_links"] += len(parents)
 
     # ---------------------------------------------------------------- categories
@@ -587,8 +598,8 @@ class _Sample:
             self._links(CAT_BASE_ID + c, title, parents, "subcat")
 
     # ---------------------------------------------------------------- files
-    def _pick_file_categories(self) -> list[int]:
-        rng = self.rng
+    def _pick_file_categories(self, rng: random.Random | None = None) -> list[int]:
+        rng = rng or self.rng
         out: list[int] = []
         u = rng.random()
         if u < 0.02:
@@ -669,7 +680,8 @@ class _Sample:
             f.write(data)
         self.images_written += 1
 
-    def _wit(self, title: str, wiki: str, mime: str, w: int, h: int, pages: list[tuple[str, str]], context: str):
+    def _wit(self, title: str, wiki: str, mime: str, w: int, h: int, pages: list[tuple[str, str]], context: str,
+             part: int | None = None):
         rng = self.rng
         url = image_url(title, wiki)
         stem = title.rsplit(".", 1)[0]
@@ -681,7 +693,7 @@ class _Sample:
                 "" if rng.random() < 0.2 else f"English: {stem}, photographed for\tthe article on {page_title}."
             )
             alt = "" if rng.random() < 0.85 else stem
-            self.wit.write(rng.randrange(self.wit_files), {
+            self.wit.write(rng.randrange(self.wit_files) if part is None else part, {
                 "language": lang,
                 "page_url": page_url(page_title, lang),
                 "image_url": url,
@@ -704,11 +716,17 @@ class _Sample:
             if lang == "en" and wiki == "commons" and mime != "image/svg+xml":
                 self.en_raster.add(url)
 
-    def _file_page(self, title: str, cats: list[int]) -> int:
+    def _file_page(self, title: str, cats: list[int], relinked: list[int] | None = None) -> int:
+        """The file's page and its category links: ``cats``, or ``relinked`` in a later revision."""
         page_id = self.next_file_id
         self.next_file_id += 1
         self._page(page_id, 6, title, False, 400 + self.rng.randrange(400))
-        if cats:
+        if relinked is not None:
+            for _ in cats:  # the timestamps the first dump's links drew, so what follows stays the same
+                self.rng.randrange(self.ts_span)
+            if relinked:
+                self._links(page_id, title, relinked, "file", self.rev_rng)
+        elif cats:
             self._links(page_id, title, cats, "file")
         self.counts["files"] += 1
         return page_id
@@ -788,7 +806,11 @@ class _Sample:
                 fmt, wit_kind = ("jpeg", None)
             cats = self._pick_file_categories()
             title = self._file_name(serial, cats, fmt)
-            self._file_page(title, cats)
+            relinked = None
+            if self.dump_revision and wit_kind == "en" and j % REVISED_EVERY == 0:
+                relinked = self._pick_file_categories(self.rev_rng)  # recategorized since the first dump
+                self.revised_files.append(title)
+            self._file_page(title, cats, relinked)
             redirect = None
             if j % FILE_REDIRECT_EVERY == FILE_REDIRECT_AT:
                 redirect = f"DSC{serial:07d}.JPG"
@@ -817,6 +839,19 @@ class _Sample:
             else:
                 pages = [(LANGS[rng.randrange(len(LANGS))], subject)]
             self._wit(shown, "commons", MIME[fmt], w, h, pages, subject)
+        for k in range(self.n_added):  # uploaded since the first dump; drawn after everything else
+            j = self.n_gen_files + k
+            cats = self._pick_file_categories()
+            title = self._file_name(100_000 + j, cats, "jpeg")
+            self._file_page(title, cats)
+            mask = self._file_labels(cats, IMAGE_TAXONOMY)
+            data, w, h = self._image_bytes((7, j), "jpeg", mask) if self.with_images else (b"", *self._dims((7, j)))
+            self._save_image(title, data)
+            topical = [c for c in cats if c >= 0 and not self.flags[c]]
+            subject = self.cat_title(topical[0]) if topical else "photography"
+            self._count_label(mask)
+            self._wit(title, "commons", MIME["jpeg"], w, h, [("en", subject)], subject, part=self.wit_files)
+            self.added_files.append(title)
 
     def _dims(self, key) -> tuple[int, int]:
         """Width and height, the first draws of the image's own generator (same with or without pixels)."""
@@ -842,7 +877,8 @@ class _Sample:
             md.CREATE_LINKTARGET.format(auto_increment=self.lt_cat0 + self.n_cats), self.dump_date)
         self.w_props = md.DumpWriter(prefix + "page_props.sql.gz", "page_props", md.CREATE_PAGE_PROPS, self.dump_date)
         self.w_redirect = md.DumpWriter(prefix + "redirect.sql.gz", "redirect", md.CREATE_REDIRECT, self.dump_date)
-        self.wit = WitWriter(os.path.join(out, "wit"), self.wit_files)
+        # a later dump's new images arrive in a further WIT file: published files never change
+        self.wit = WitWriter(os.path.join(out, "wit"), self.wit_files + (1 if self.n_added else 0))
         self.wit_rows = 0
         self.en_raster: set[str] = set()
         self.label_counts: dict[str, int] = {}
@@ -887,6 +923,8 @@ class _Sample:
         })
         return {
             "seed": self.seed, "dump_date": self.dump_date, "legacy_schema": self.legacy,
+            "revision": {"number": self.dump_revision, "recategorized_files": self.revised_files,
+                         "added_files": self.added_files},
             "rule": "depth: CommonsRoot = 1, BFS over subcat links; labels: a seed gives its own labels, "
                     "any other category the union of the labels of its parents with depth one less; "
                     "a file the union over its non-hidden categories",
@@ -923,8 +961,14 @@ def generate_sample(
     dump_date: str = "20260101",
     with_images: bool = True,
     wit_files: int = 2,
+    revision: int = 0,
 ) -> dict:
-    """Write the sample under ``out`` (replacing what was there, atomically) and return a summary."""
+    """Write the sample under ``out`` (replacing what was there, atomically) and return a summary.
+
+    ``revision`` > 0 writes a later dump of the same wiki: the same categories
+    and images, with some files recategorized and new images uploaded (listed
+    in truth.json's ``revision``).
+    """
     if not (len(dump_date) == 8 and dump_date.isdigit()):
         raise ValueError(f"dump_date must look like YYYYMMDD, not {dump_date!r}")
     out = out.rstrip("/") or "."
@@ -933,7 +977,8 @@ def generate_sample(
         shutil.rmtree(tmp)
     os.makedirs(tmp)
     try:
-        summary = _Sample(tmp, seed, images, categories, legacy_schema, dump_date, with_images, wit_files).run()
+        summary = _Sample(tmp, seed, images, categories, legacy_schema, dump_date, with_images, wit_files,
+                          revision).run()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -967,6 +1012,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dump-date", default="20260101")
     parser.add_argument("--no-images", dest="with_images", action="store_false", help="skip writing image files")
     parser.add_argument("--wit-files", type=int, default=2)
+    parser.add_argument("--revision", type=int, default=0,
+                        help="a later dump: some files recategorized, some images added")
     return parser
 
 
@@ -974,7 +1021,7 @@ def main(args) -> dict:
     return generate_sample(
         out=args.out, seed=args.seed, images=args.images, categories=args.categories,
         legacy_schema=args.legacy_schema, dump_date=args.dump_date, with_images=args.with_images,
-        wit_files=args.wit_files,
+        wit_files=args.wit_files, revision=args.revision,
     )
 
 

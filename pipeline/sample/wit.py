@@ -36,13 +36,18 @@ def clean(text: str) -> str:
     return str(text).replace("\t", " ").replace("\r", " ").replace("\n", " ").strip()
 
 
+WIT_PARTS = 10
+
+
 class WitWriter:
-    """``wit_v1.train.all-0000N-of-0000M.tsv.gz`` shards, each with the header line."""
+    """The first ``n_files`` of WIT's ten ``wit_v1.train.all-0000N-of-00010.tsv.gz`` files, each with the header."""
 
     def __init__(self, out_dir: str, n_files: int):
+        if not 1 <= n_files <= WIT_PARTS:
+            raise ValueError(f"WIT's training set has {WIT_PARTS} files, not {n_files}")
         os.makedirs(out_dir, exist_ok=True)
         self.paths = [
-            os.path.join(out_dir, f"wit_v1.train.all-{i:05d}-of-{n_files:05d}.tsv.gz") for i in range(n_files)
+            os.path.join(out_dir, f"wit_v1.train.all-{i:05d}-of-{WIT_PARTS:05d}.tsv.gz") for i in range(n_files)
         ]
         self._raw = [open(p + ".__writing", "wb") for p in self.paths]
         self._gz = [gzip.GzipFile(filename="", fileobj=r, mode="wb", mtime=0) for r in self._raw]

@@ -1,0 +1,22 @@
+#!/bin/sh
+# The MLflow tracking server behind MLflow's basic-auth app. Its config (admin password, the
+# permissions database) is written at start from the compose secrets, in a private temp file.
+# SECRETS, MLFLOW_DB_URI, MLFLOW_HOST, MLFLOW_PORT and MLFLOW_ARTIFACTS override the container's
+# defaults (the tests run this script on loopback with SQLite).
+set -eu
+umask 077
+secrets=${SECRETS:-/run/secrets}
+db=${MLFLOW_DB_URI:-"postgresql+psycopg2://mlflow:$(cat "$secrets/mlflow_db_password")@postgres:5432/mlflow"}
+config=$(mktemp -d)/basic_auth.ini
+cat > "$config" <<INI
+[mlflow]
+default_permission = READ
+database_uri = $db
+admin_username = admin
+admin_password = $(cat "$secrets/mlflow_admin_password")
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+export MLFLOW_AUTH_CONFIG_PATH="$config"
+export MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$secrets/mlflow_flask_secret")"
+exec mlflow server --app-name basic-auth --host "${MLFLOW_HOST:-0.0.0.0}" --port "${MLFLOW_PORT:-5000}" \
+     --backend-store-uri "$db" --artifacts-destination "${MLFLOW_ARTIFACTS:-/data/mlartifacts}"
