@@ -482,6 +482,33 @@ class SplitResult:
     truncated: str | None  # why the stream ended early, or None
     ends_at_line_boundary: bool = True
     rejects: list[Reject] = field(default_factory=list)
+    # A complete gzip whose SQL ends inside a statement (a partial file compressed again):
+    # the decompressed offset where that statement starts.
+    cut_at: int | None = None
+
+
+TAIL_BYTES = 1 << 16
+_TRAILER = (b"/*", b"--", b"UNLOCK", b"LOCK", b"SET ", b"COMMIT")
+
+
+def unterminated_statement(tail: bytes, end: int) -> int | None:
+    """Where the dump's last statement starts when it is cut (no ``;`` ending it), else None.
+
+    ``tail`` is the last bytes of the decompressed stream, ``end`` the stream's
+    length. mysqldump ends every INSERT with ``;`` and the file with a newline,
+    followed only by comments, ``UNLOCK TABLES;`` and ``SET`` lines.
+    """
+    base = end - len(tail)
+    if tail and not tail.endswith(b"\n"):
+        return base + tail.rfind(b"\n") + 1
+    pos = len(tail)
+    for line in reversed(tail.split(b"\n")[:-1]):
+        pos -= len(line) + 1
+        text = line.rstrip(b"\r")
+        if not text.strip() or text.startswith(_TRAILER):
+            continue
+        return None if text.endswith(b";") else base + max(pos, 0)
+    return None
 
 
 _HEADER_CAP = 64 << 20
@@ -528,6 +555,7 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
     out = None
     cur: Chunk | None = None
     last_byte = b"\n"
+    tail = bytearray()
 
     def open_chunk(at: int):
         nonlocal out, cur
@@ -552,6 +580,9 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
                 offset = idx + 1
                 block = bytes(header[idx + 1 :])
                 header = bytearray()
+            tail += block
+            if len(tail) > TAIL_BYTES:
+                del tail[:-TAIL_BYTES]
             while block:
                 if cur is None:
                     open_chunk(offset)
@@ -577,6 +608,12 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
             out.close()
     chunks = [c for c in chunks if c.size > 0]
     res = SplitResult(schema, chunks, offset, inflater.error, last_byte == b"\n")
+    if not inflater.error and chunks:
+        res.cut_at = unterminated_statement(bytes(tail), offset)
+        if res.cut_at is not None:
+            res.truncated = chunks[-1].truncated = (
+                f"the SQL ends inside a statement that starts at decompressed byte {res.cut_at} "
+                "(the gzip stream itself is complete: a partial dump compressed again?)")
     if inflater.error:
         if chunks:
             chunks[-1].truncated = inflater.error

@@ -14,8 +14,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from pipeline.config import Settings
@@ -117,21 +119,70 @@ def sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
+TAG_HOST, TAG_PID, TAG_PROCESS = "owner_host", "owner_pid", "owner_process"
+
+
+def _process_id(pid: int) -> str | None:
+    """Boot id and start time of process ``pid`` (None when it is gone): unlike a pid, never reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return None if fields[0] in ("Z", "X") else f"{boot}:{fields[19]}"
+
+
+def owner_tags() -> dict[str, str]:
+    """Who runs this MLflow run: host, pid and the process's identity, so a later stage can tell it died."""
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid()), TAG_PROCESS: _process_id(os.getpid()) or ""}
+
+
+def reap_dead_runs(settings: Settings, found_by: str) -> list[str]:
+    """End as KILLED the RUNNING runs of this experiment whose process on this host is gone.
+
+    A process killed by SIGKILL (the OOM killer, a lost container) cannot end
+    its run, so it would stay RUNNING for ever. Runs owned by another host are
+    left alone: their processes cannot be checked from here.
+    """
+    c = client(settings)
+    experiment = c.get_experiment_by_name(settings.tracking.experiment)
+    if experiment is None:
+        return []
+    host, reaped = socket.gethostname(), []
+    for run in c.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get(TAG_HOST) != host or not tags.get(TAG_PID):
+            continue
+        if tags.get(TAG_PROCESS) and _process_id(int(tags[TAG_PID])) == tags[TAG_PROCESS]:
+            continue  # still running
+        c.set_tag(run.info.run_id, "reaped",
+                  f"process {tags[TAG_PID]} on {host} is gone (found by {found_by} at "
+                  f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}); ended KILLED")
+        c.set_terminated(run.info.run_id, status="KILLED")
+        reaped.append(run.info.run_id)
+    return reaped
+
+
 @contextlib.contextmanager
-def start_run(run_name: str | None = None, tags: dict | None = None, params: dict | None = None):
+def start_run(run_name: str | None = None, tags: dict | None = None, params: dict | None = None,
+              settings: Settings | None = None):
     """An MLflow run that ends FINISHED only when the block completes; FAILED otherwise.
 
     Any exception, KeyboardInterrupt or SIGTERM ends it FAILED (with the error
-    as the ``failure`` tag) and is re-raised. SIGKILL cannot be caught: such a
-    run stays RUNNING until ``fail_stale_runs`` marks it.
+    as the ``failure`` tag) and is re-raised. SIGKILL cannot be caught: the run
+    records its owner (``owner_tags``), and with ``settings`` the runs of dead
+    owners are reaped first (``reap_dead_runs``).
     """
     import mlflow
 
+    if settings is not None:
+        reap_dead_runs(settings, found_by=run_name or "a new run")
     with sigterm_raises():
         try:
             # Inside the try: a signal landing just after the run was created still fails it
             # (otherwise MLflow's atexit hook would end it FINISHED).
-            run = mlflow.start_run(run_name=run_name, tags=tags)
+            run = mlflow.start_run(run_name=run_name, tags={**owner_tags(), **(tags or {})})
             if params:
                 log_params(params)
             yield run
@@ -145,17 +196,6 @@ def start_run(run_name: str | None = None, tags: dict | None = None, params: dic
             raise
         else:
             mlflow.end_run(status="FINISHED")
-
-
-def fail_stale_runs(settings: Settings, run_ids) -> list[str]:
-    """Mark the given RUNNING runs FAILED (for a supervisor that SIGKILLed a trainer)."""
-    c = client(settings)
-    done = []
-    for run_id in run_ids:
-        if c.get_run(run_id).info.status == "RUNNING":
-            c.set_terminated(run_id, status="FAILED")
-            done.append(run_id)
-    return done
 
 
 def log_params(params: dict) -> None:
@@ -236,7 +276,7 @@ def log_stage(settings: Settings, stage: str, summary: dict, files: dict[str, st
     configure(settings)
     tags = {"stage": stage, "dump_date": settings.paths.dump_date, "taxonomy": settings.label.taxonomy,
             "heuristics": settings.label.heuristics}
-    with start_run(run_name=f"{stage}-{settings.paths.dump_date}", tags=tags) as run:
+    with start_run(run_name=f"{stage}-{settings.paths.dump_date}", tags=tags, settings=settings) as run:
         log_metrics(flatten_numbers(summary))
         log_json_artifact(summary, "summary.json", artifact_path=stage)
         for name, path in (files or {}).items():

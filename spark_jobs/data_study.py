@@ -155,9 +155,9 @@ heuristics {html.escape(layout.heuristics)}</h1>
             f.write(page)
 
     tracking.configure(settings)
-    with mlflow.start_run(run_name=f"report-{layout.dump_date}") as run:
-        mlflow.set_tags({"stage": STAGE, "dump_date": layout.dump_date, "taxonomy": taxonomy.version,
-                         "heuristics": layout.heuristics})
+    tags = {"stage": STAGE, "dump_date": layout.dump_date, "taxonomy": taxonomy.version,
+            "heuristics": layout.heuristics}
+    with tracking.start_run(run_name=f"report-{layout.dump_date}", tags=tags, settings=settings) as run:
         mlflow.log_metrics({"images": n_images, "labeled_images": n_labeled})
         mlflow.log_text(page, "report/report.html")
         for name, fig in figures.items():

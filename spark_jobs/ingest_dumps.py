@@ -136,6 +136,8 @@ def _split_all(layout: Layout, settings: Settings, tables: list[str]):
             size = atomic.filesystem(path).size(path)
             where = (f"at compressed byte {size} (after {splits[table].total_bytes} bytes of SQL); "
                      "the rest of the file was not read")
+            if splits[table].cut_at is not None:
+                where = f"({splits[table].total_bytes - splits[table].cut_at} bytes of SQL in that statement)"
             if not settings.ingest.allow_truncated:
                 raise StageError(STAGE, path, f"{splits[table].truncated} {where}: the file is incomplete "
                                               "(an interrupted download?). Fetch it again, or set "

@@ -190,6 +190,41 @@ def test_truncated_gzip_fails_the_stage_unless_salvaging(spark, tmp_path):
     assert any("truncated" in n and "the rest of the file was not read" in n for n in summary["notes"])
 
 
+def test_sql_cut_inside_an_intact_gzip_fails_the_stage_unless_salvaging(spark, tmp_path):
+    """A partial dump compressed again: the gzip is complete, its last INSERT is not."""
+    links = LINKS + [(6, f"Filler_{i}", "subcat") for i in range(300)]
+    dumps = write_dumps(tmp_path / "dumps", "legacy", links=links)
+    p = dumps / f"commonswiki-{DATE}-categorylinks.sql.gz"
+    sql = gzip.decompress(p.read_bytes())
+    cut = int(len(sql) * 0.6)
+    p.write_bytes(gzip.compress(sql[:cut]))
+    start = sql.rfind(b"\n", 0, cut) + 1  # where the cut statement begins
+    with pytest.raises(StageError) as e:
+        ingest_dumps.run(make_settings(dumps, tmp_path / "lake0", **{"spark.max_reject_share": 0.5}))
+    assert e.value.stage == "ingest" and e.value.path == str(p)
+    assert f"ends inside a statement that starts at decompressed byte {start}" in e.value.message
+    assert not list((tmp_path / "lake0").rglob("*.parquet"))
+    summary = ingest_dumps.run(make_settings(dumps, tmp_path / "lake", **{"spark.max_reject_share": 0.5,
+                                                                         "ingest.allow_truncated": "true"}))
+    st = summary["parsed"]["categorylinks"]
+    assert f"decompressed byte {start}" in st["truncated"] and f"({cut - start} bytes of SQL" in st["truncated"]
+
+
+@pytest.mark.parametrize("text,cut", [
+    (b"INSERT INTO t VALUES (1);\n/*!40000 ALTER TABLE t ENABLE KEYS */;\nUNLOCK TABLES;\n-- Dump completed\n", None),
+    (b"INSERT INTO t VALUES (1);\n", None),
+    (b"INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2),(3", 26),  # no final newline
+    (b"INSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2),\n", 26),
+    (b"INSERT INTO t VALUES (1);\n\n-- Dump completed\n", None),
+])
+def test_unterminated_statement(text, cut):
+    from pipeline.sqldump import unterminated_statement
+
+    assert unterminated_statement(text, len(text)) == cut
+    # only a tail of the stream is looked at: offsets stay absolute
+    assert unterminated_statement(text[5:], len(text)) == cut
+
+
 def test_missing_dump_and_missing_column(tmp_path):
     dumps = write_dumps(tmp_path / "dumps", "legacy")
     (dumps / f"commonswiki-{DATE}-page_props.sql.gz").unlink()

@@ -137,3 +137,37 @@ def test_artifacts_land_under_state_dir(settings, tmp_path, monkeypatch):
     uri = run.info.artifact_uri
     assert uri.startswith((tmp_path / "state" / "mlartifacts").as_uri())
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_sigkilled_run_is_reaped_by_the_next_stage_and_a_live_one_is_not(settings, tmp_path):
+    """A real SIGKILL: the run stays RUNNING until the next run started with settings ends it KILLED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from pipeline import tracking; from pipeline.config import load_settings; "
+            "s = load_settings({'paths.state_dir': sys.argv[1]}, environ={}); tracking.configure(s); "
+            "cm = tracking.start_run(run_name=sys.argv[2]); run = cm.__enter__(); "
+            "print(run.info.run_id, flush=True); time.sleep(600)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    procs = {name: subprocess.Popen([sys.executable, "-c", code, settings.paths.state_dir, name], env=env,
+                                    stdout=subprocess.PIPE, text=True) for name in ("doomed", "alive")}
+    try:
+        ids = {name: p.stdout.readline().strip() for name, p in procs.items()}
+        procs["doomed"].send_signal(signal.SIGKILL)
+        procs["doomed"].wait()
+        c = tracking.client(settings)
+        assert c.get_run(ids["doomed"]).info.status == "RUNNING"  # nothing could end it
+        with tracking.start_run(run_name="train", settings=settings) as run:
+            pass
+        doomed, alive = c.get_run(ids["doomed"]), c.get_run(ids["alive"])
+        assert doomed.info.status == "KILLED" and doomed.info.end_time
+        assert f"process {procs['doomed'].pid}" in doomed.data.tags["reaped"]
+        assert "found by train" in doomed.data.tags["reaped"]
+        assert alive.info.status == "RUNNING" and "reaped" not in alive.data.tags
+        assert c.get_run(run.info.run_id).data.tags[tracking.TAG_PID] == str(os.getpid())
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()

@@ -142,7 +142,8 @@ def run(settings: Settings) -> dict:
         "image_index": layout.image_index,
     }
     try:
-        with tracking.start_run(run_name=f"{t.backbone}-{t.loss}-{settings.paths.dump_date}", tags=run_tags) as active:
+        with tracking.start_run(run_name=f"{t.backbone}-{t.loss}-{settings.paths.dump_date}", tags=run_tags,
+                                settings=settings) as active:
             run_id = active.info.run_id
             tracking.log_params(_params(settings, counts, batch, distribution))
             ancestor = tax.ancestor_matrix() if t.head == "chmcnn" else None
