@@ -340,6 +340,17 @@ def fetch_wit(settings, http: Transfers) -> dict:
     return results
 
 
+def wit_file_problem(path: str) -> str | None:
+    """Why the WIT file ``path`` is incomplete, or None: a file fetch verified (and that has not
+    changed since) is trusted as recorded; any other is read once to its gzip end."""
+    local = Path(path.removeprefix("file://"))
+    if "://" in path.removeprefix("file://") or not local.exists():
+        return None  # an object store: left to the reader
+    if _recorded(local, _read_record(local.parent / WIT_MANIFEST).get(local.name)):
+        return None
+    return gzip_end_error(local)
+
+
 # ------------------------------------------------------------------ the stage
 def run(settings) -> dict:
     """Stage entry point: resolve the dump date, fetch its tables and WIT, apply retention."""

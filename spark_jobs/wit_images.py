@@ -19,6 +19,7 @@ import fsspec
 from pipeline.atomic import write_spark
 from pipeline.config import Settings
 from pipeline.errors import StageError, require_input
+from pipeline.fetch import wit_file_problem
 from pipeline.layout import Layout, join
 from pipeline.spark import get_spark
 from pipeline.wit import (
@@ -131,6 +132,11 @@ def run(settings: Settings) -> dict:
         raise ValueError(f"split fractions must be >= 0 and sum to <= 1: {w}")
     layout = Layout.from_settings(settings)
     files = input_files(settings)
+    for path in files:  # an unsplittable gzip cut short would fail deep inside Spark, or not at all
+        problem = wit_file_problem(path)
+        if problem:
+            raise StageError(STAGE, path, f"{problem}: the file is incomplete (an interrupted download?); "
+                                          "fetch it again")
     redirects_path = require_input(STAGE, layout.ingest("file_redirects"), "file_redirects (from ingest)")
     labels_path = require_input(STAGE, layout.labels("file_labels"), "file_labels (from label)")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -223,3 +224,20 @@ def test_missing_column_and_inputs(tmp_path):
     s4 = load_settings({"paths.wit_dir": str(tmp_path / "nowhere")}, environ={})
     with pytest.raises(StageError, match="no WIT TSV"):
         wit_images.run(s4)
+
+
+def test_a_wit_file_cut_mid_file_fails_the_stage_naming_it_and_the_byte(tmp_path):
+    """What an interrupted download leaves: the gzip ends before its end-of-stream marker."""
+    from pipeline.fetch import wit_file_problem
+    from spark_jobs import wit_images
+
+    settings, layout = make_inputs(tmp_path)
+    path = sorted((tmp_path / "wit").glob("wit_v1.train.all-*.tsv.gz"))[0]
+    data = path.read_bytes()
+    assert wit_file_problem(str(path)) is None  # complete, though never recorded by fetch
+    path.write_bytes(data[: len(data) * 3 // 5])
+    with pytest.raises(StageError) as e:
+        wit_images.run(settings)
+    assert e.value.stage == "wit" and e.value.path == str(path)
+    assert f"ends at byte {len(data) * 3 // 5}" in e.value.message
+    assert not Path(layout.wit_images).exists()
