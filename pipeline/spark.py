@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pipeline.config import Settings
+
+LOG4J2 = Path(__file__).with_name("log4j2.properties").as_uri()
 
 
 def get_spark(settings: Settings, app: str):
@@ -28,7 +31,8 @@ def get_spark(settings: Settings, app: str):
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.driver.extraJavaOptions", " ".join(filter(None, [
-            "-Dderby.system.home=" + os.path.abspath(settings.paths.state_dir), settings.spark.java_options])))
+            "-Dderby.system.home=" + os.path.abspath(settings.paths.state_dir),
+            f"-Dlog4j2.configurationFile={LOG4J2}", settings.spark.java_options])))
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

@@ -15,7 +15,17 @@ def spark():
     from pipeline.spark import get_spark
 
     s = load_settings({"spark.master": "local[2]", "spark.shuffle_partitions": "4"})
-    return get_spark(s, "tests")
+    session = get_spark(s, "tests")
+    yield session
+    # Stopped here, while pytest's streams are open: left to interpreter exit, py4j logs its
+    # shutdown to closed streams ("--- Logging error ---" after the summary line).
+    session.stop()
+    from pyspark import SparkContext
+
+    if SparkContext._gateway is not None:
+        SparkContext._gateway.shutdown()
+        SparkContext._gateway = None
+        SparkContext._jvm = None
 
 
 # Measured figures (accuracies, match rates) that tests report: printed in the
