@@ -35,7 +35,8 @@ class Terminated(SystemExit):
 
 
 def _is_local(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    """True when this process writes the artifacts itself: a file or database store, no server."""
+    return not uri.startswith(("http://", "https://", "databricks"))
 
 
 def artifact_root(settings: Settings) -> str:

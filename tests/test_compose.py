@@ -126,7 +126,7 @@ def test_every_service_command_exists_in_the_image():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "requirements.lock" in dockerfile and "openjdk-17" in dockerfile and "COPY docker/ docker/" in dockerfile
     lock = (ROOT / "requirements.lock").read_text()
-    for package in ["psycopg2-binary", "apache-airflow==", "apache-airflow-providers-celery==", "redis==",
+    for package in ["psycopg2-binary", "asyncpg==", "apache-airflow==", "apache-airflow-providers-celery==", "redis==",
                     "pyspark==", "mlflow==", "Flask-WTF=="]:
         assert package in lock, package
     bin_dir = Path(sys.executable).parent  # this venv holds requirements.lock, as the image does
