@@ -2,9 +2,8 @@
 
 Every stage writes into a temporary sibling of its output and swaps it in only
 when complete, so a retried task or a re-run replaces the output whole and a
-reader never sees half of one. Paths go through fsspec, so ``s3://``-style
-roots work (there the swap is a copy-then-delete, not atomic, and readers
-should rely on the ``_SUCCESS`` marker Spark writes).
+reader never sees half of one. Paths go through fsspec; only local (or
+mounted) filesystems are supported, where the swap is a rename.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Every field has an embedded default that runs on one laptop (Spark local, SQLite
 for MLflow, files under ./data). Each can be overridden by an environment
 variable (the name in the field's metadata, e.g. ``SPARK_MASTER``) and then by
 the CLI (``--set section.field=value``), so the same code runs against a Spark
-cluster, a remote MLflow server and object storage.
+cluster, a remote MLflow server and a shared filesystem.
 """
 
 from __future__ import annotations
