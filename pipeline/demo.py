@@ -169,7 +169,13 @@ def run_demo(
     table = [{k: r[k] for k in NIGHT_COLUMNS} for r in results]
     if runs > 1:
         print_nights(table)
-    return {**results[-1], "nights": table, "night_outputs": results[:-1]}
+    last = results[-1]
+    report = last["summaries"].get("report", {})
+    print(f"\nreport: {last['report']}")
+    for line in report.get("summary_lines", []):
+        print(f"  {line}")
+    return {**last, "nights": table, "night_outputs": results[:-1],
+            "report_summary": report.get("summary_lines")}
 
 
 NIGHT_COLUMNS = ("night", "logical_date", "dump_date", "images_downloaded", "stages_run", "stages_skipped",

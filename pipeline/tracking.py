@@ -246,6 +246,14 @@ def log_text_artifact(text: str, name: str, artifact_path: str | None = None, ru
         log_artifact(path, artifact_path, run_id, settings)
 
 
+def log_bytes_artifact(data: bytes, name: str, artifact_path: str | None = None) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        log_artifact(path, artifact_path)
+
+
 def log_artifact(path: str, artifact_path: str | None = None, run_id: str | None = None, settings=None) -> None:
     import mlflow
 

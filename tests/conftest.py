@@ -9,6 +9,22 @@ from pipeline.demo import SMALL_DATA_JVM
 os.environ.setdefault("SPARK_JAVA_OPTIONS", SMALL_DATA_JVM)
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_environment_restored():
+    """mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ: without this, a test's
+    store (a server since stopped) would leak into the stage processes a later test starts."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        del os.environ[key]
+    os.environ.update(before)
+    import mlflow
+
+    mlflow.set_tracking_uri(before.get("MLFLOW_TRACKING_URI", ""))
+    if "MLFLOW_TRACKING_URI" not in before:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(scope="session")
 def spark():
     from pipeline.config import load_settings

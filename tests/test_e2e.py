@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# Three nights of the whole DAG in one fixture: longer than the suite's per-test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +216,56 @@ def test_each_stage_published_the_exact_uri_of_its_output(nights):
         assert Path(result["predictions"]).resolve().as_uri() in uris
         assert Path(result["labels"]).resolve().as_uri() in uris
     assert "models:/wiki-image-topics-v1.3/1" in uris
+
+
+def test_the_report_has_every_study_section_and_the_second_says_what_changed(nights):
+    from pipeline.report import SECTIONS
+
+    root, outputs, table = nights
+    first = outputs[0]["summaries"]["report"]
+    second = outputs[1]["summaries"]["report"]
+    assert first["sections"] == list(SECTIONS) and first["previous_dump"] is None
+    assert second["previous_dump"] == "20260101"
+    assert "First run" in first["summary_lines"][2] and "Since dump 20260101" in second["summary_lines"][2]
+    page = Path(second["report"]).read_text()
+    for name in SECTIONS:
+        assert f'<section id="{name}">' in page, name
+    assert "{'" not in page  # no raw dicts
+
+
+def test_the_report_renders_in_a_real_browser(nights):
+    """Headless Chromium: every section there, every figure and thumbnail decoded, no console error."""
+    import shutil
+
+    from pipeline.report import SECTIONS
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (`make test` installs it where apt is available)")
+    from playwright.sync_api import sync_playwright
+
+    root, outputs, _ = nights
+    report = Path(outputs[1]["summaries"]["report"]["report"])
+    artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1366, "height": 900})
+            errors = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(report.as_uri(), wait_until="load")
+            assert page.eval_on_selector_all("section", "els => els.map(e => e.id)") == list(SECTIONS)
+            images = page.eval_on_selector_all(
+                "img", "els => els.map(e => [e.className, e.complete, e.naturalWidth, e.naturalHeight])")
+            figures = [i for i in images if i[0] == "fig"]
+            thumbnails = [i for i in images if i[0] != "fig"]
+            assert len(figures) >= 6 and len(thumbnails) >= 10
+            assert all(done and w > 0 and h > 0 for _, done, w, h in images), images
+            assert not errors, errors
+            assert "Compared with dump 20260101" in page.inner_text("#changes")
+            page.screenshot(path=str(artifacts / "report-night2.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (artifacts / "report-night2.png").stat().st_size > 10_000

@@ -244,8 +244,9 @@ def test_sigterm_ends_run_failed_and_moves_no_alias(trained, tmp_path):
     try:
         for line in proc.stdout:
             log.append(line)
-            if "Epoch 1/" in line:  # training has started inside the MLflow run
-                threading.Timer(3, proc.send_signal, (signal.SIGTERM,)).start()
+            # Epoch 2 starts once epoch 1 (and the graph tracing) is done: the run is mid-training.
+            if "Epoch 2/" in line:
+                threading.Timer(0.5, proc.send_signal, (signal.SIGTERM,)).start()
         rc = proc.wait()
     finally:
         watchdog.cancel()

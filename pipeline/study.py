@@ -1,0 +1,485 @@
+"""The data study of one run, from its Parquet outputs, as small pandas DataFrames.
+
+Spark does every aggregation; only results of a few dozen rows (per label, per
+label pair, the top N of something) reach the driver, so the same calls work
+on the full 3.9M images. The tables follow the master thesis behind the product
+(Bernat 2023): Table 3.1 (``dataset_metrics``), Figures 3.4 / 5.1
+(``label_distribution``), Table 5.1 (``label_quality`` + ``quality_summary``),
+Figure 5.2 (``frequency_vs_auc``), Figure 5.3 (``pr_curves``), Figures 5.4 to
+5.10 (``examples``), plus ``cooccurrence``, ``missed_by_graph``,
+``topics_per_article`` and ``compare_runs`` (what changed since the previous dump).
+
+In a notebook::
+
+    from pipeline.config import load_settings
+    from pipeline.spark import get_spark
+    from pipeline import study
+
+    settings = load_settings({"paths.dump_date": "20260301"})
+    run = study.load(get_spark(settings, "notebook"), settings)
+    study.dataset_metrics(run)            # Table 3.1
+    study.label_quality(run).head()       # per label, on the test split
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+
+from pipeline.atomic import exists, read_json
+from pipeline.errors import require_input
+from pipeline.layout import Layout
+from pipeline.taxonomy import Taxonomy, slug
+
+TOP_K = 5
+STAGE = "report"
+
+
+@dataclasses.dataclass
+class Run:
+    """The outputs of one run (dump date, taxonomy, heuristics) as Spark DataFrames."""
+
+    layout: Layout
+    taxonomy: Taxonomy
+    images: object  # wit images: one row per English Commons image, graph labels, split, pages
+    index: object  # image index: labels, multi-hot targets, where the bytes are in the store
+    predictions: object | None  # p_<slug>, predicted; None before infer
+    thresholds: list[float] | None  # the predicting model's per-label thresholds
+    hierarchical: bool = True  # which graph labels the model was trained on
+    summaries: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return self.taxonomy.names
+
+    @property
+    def target(self) -> str:
+        return "labels_hier" if self.hierarchical else "labels"
+
+
+def model_thresholds(settings, model_uri: str, names: list[str]) -> list[float]:
+    """The per-label thresholds the model ``model_uri`` predicts with (its thresholds.json artifact)."""
+    import json
+    import os
+
+    import mlflow
+
+    from pipeline import tracking
+
+    tracking.configure(settings)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/artifacts/thresholds.json")
+    with open(local if os.path.isfile(local) else os.path.join(local, "thresholds.json"), encoding="utf-8") as f:
+        thr = json.load(f)
+    if list(thr["labels"]) != list(names):
+        raise ValueError(f"{model_uri} has thresholds for other labels than taxonomy {names[:3]}...")
+    return [float(t) for t in thr["thresholds"]]
+
+
+def load(spark, settings, with_predictions: bool = True) -> Run:
+    """The run of ``settings`` (dump date, taxonomy, heuristics); predictions and thresholds if present."""
+    from pyspark.sql import functions as F
+
+    layout = Layout.from_settings(settings)
+    taxonomy = Taxonomy.load(settings.label.taxonomy)
+    images = spark.read.parquet(require_input(STAGE, layout.wit_images, "WIT images (from the wit stage)"))
+    index = spark.read.parquet(require_input(STAGE, layout.image_index, "image index (from the shard stage)"))
+    predictions, thresholds = None, None
+    if with_predictions and exists(layout.predictions):
+        predictions = spark.read.parquet(layout.predictions)
+        uris = [r[0] for r in predictions.select("model_uri").where(F.col("model_uri").isNotNull())
+                .distinct().limit(2).collect()]
+        if len(uris) != 1:
+            raise ValueError(f"{layout.predictions} names {len(uris)} models; a study needs exactly one")
+        thresholds = model_thresholds(settings, uris[0], taxonomy.names)
+    summaries = {s: read_json(layout.summary(s)) for s in ("train", "shard", "label", "wit", "infer")
+                 if exists(layout.summary(s))}
+    return Run(layout, taxonomy, images, index, predictions, thresholds, settings.train.hierarchical, summaries)
+
+
+# ---------------------------------------------------------------- Table 3.1
+
+
+def label_counts(df, column: str, names: list[str]) -> dict[str, int]:
+    """Images per label of an array<string> column, every label present (zero included)."""
+    from pyspark.sql import functions as F
+
+    found = {r["label"]: r["count"] for r in df.select(F.explode(column).alias("label")).groupBy("label").count()
+             .collect()}
+    return {n: int(found.get(n, 0)) for n in names}
+
+
+def _metrics_of(df, column: str, names: list[str]) -> dict:
+    from pyspark.sql import functions as F
+
+    counts = label_counts(df, column, names)
+    present = {n: c for n, c in counts.items() if c > 0}
+    n_images = df.count()
+    row = {"images": n_images, "labels": len(names), "labels_with_images": len(present)}
+    sizes = df.select(F.size(column).alias("k")).agg(
+        F.avg("k").alias("card"), F.sum(F.when(F.col("k") > 0, 1).otherwise(0)).alias("labeled")).first()
+    card = float(sizes["card"] or 0.0)
+    row.update(labeled_images=int(sizes["labeled"] or 0), labels_per_image=card,
+               positive_label_ratio=card / len(names) if names else float("nan"))
+    if not present:
+        return {**row, "mean_ir": float("nan"), "max_ir": float("nan"), "scumble": float("nan")}
+    top = max(present.values())
+    ir = {n: top / c for n, c in present.items()}
+    row["mean_ir"] = sum(ir.values()) / len(ir)
+    row["max_ir"] = max(ir.values())
+    spark = df.sparkSession
+    ir_df = spark.createDataFrame([(n, float(v)) for n, v in ir.items()], "label string, ir double")
+    per_image = (df.select("image_key", F.explode(column).alias("label")).join(F.broadcast(ir_df), "label")
+                 .groupBy("image_key")
+                 .agg(F.avg("ir").alias("mean"), F.exp(F.avg(F.log("ir"))).alias("geo")))
+    row["scumble"] = float(per_image.agg(F.avg(1 - F.col("geo") / F.col("mean"))).first()[0])
+    return row
+
+
+def dataset_metrics(run: Run, split: str | None = None) -> pd.DataFrame:
+    """Thesis Table 3.1, flat and hierarchical graph labels: images, labels, labels per image
+    (cardinality), positive-label ratio (density), mean and max imbalance ratio, SCUMBLE.
+
+    IR of a label = images of the most frequent label / its images (labels without images left
+    out). SCUMBLE (Charte et al. 2014) over the labels each image has: mean over labeled images of
+    1 - geometric mean / arithmetic mean of their IRs (0 for an image with one label).
+
+    >>> study.dataset_metrics(run)  # doctest: +SKIP
+                  images  labels  labels_with_images  labeled_images  labels_per_image ...
+    flat            2834      31                  31            2590              1.41 ...
+    hierarchical    2834      31                  31            2590              2.73 ...
+    """
+    df = run.images if split is None else run.images.where(run.images.split == split)
+    rows = {"flat": _metrics_of(df, "labels", run.names), "hierarchical": _metrics_of(df, "labels_hier", run.names)}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# ---------------------------------------------------------------- Figures 3.4 / 5.1
+
+
+def _ancestor_map(taxonomy: Taxonomy):
+    from pyspark.sql import functions as F
+
+    pairs = []
+    for name in taxonomy.names:
+        above = [a for a in taxonomy.ancestors(name) if a != name]  # ancestors() includes the label itself
+        pairs += [F.lit(name), F.array(*[F.lit(a) for a in above]).cast("array<string>")]
+    return F.create_map(*pairs)
+
+
+def most_specific(column, taxonomy: Taxonomy):
+    """Spark column: the labels of ``column`` that are no other label's ancestor (flat from hierarchical)."""
+    from pyspark.sql import functions as F
+
+    ancestors = _ancestor_map(taxonomy)
+    covered = F.flatten(F.transform(column, lambda x: F.coalesce(ancestors[x], F.array().cast("array<string>"))))
+    return F.array_except(column, covered)
+
+
+def label_distribution(run: Run) -> pd.DataFrame:
+    """Figures 3.4 / 5.1: images per label, graph labels and predictions, flat and hierarchical.
+
+    >>> study.label_distribution(run).sort_values("graph_hier").tail(3)  # doctest: +SKIP
+    """
+    from pyspark.sql import functions as F
+
+    out = pd.DataFrame({"label": run.names})
+    out["graph_flat"] = out["label"].map(label_counts(run.images, "labels", run.names))
+    out["graph_hier"] = out["label"].map(label_counts(run.images, "labels_hier", run.names))
+    if run.predictions is not None:
+        predicted = run.predictions.where(F.col("predicted").isNotNull())
+        out["predicted_hier"] = out["label"].map(label_counts(predicted, "predicted", run.names))
+        flat = predicted.select(most_specific(F.col("predicted"), run.taxonomy).alias("flat"))
+        out["predicted_flat"] = out["label"].map(label_counts(flat, "flat", run.names))
+    return out
+
+
+def labels_per_image(run: Run) -> pd.DataFrame:
+    """How many images have k graph labels (flat and hierarchical) and k predicted labels."""
+    from pyspark.sql import functions as F
+
+    parts = []
+    for name, df, col in [("graph_flat", run.images, "labels"), ("graph_hier", run.images, "labels_hier")] + (
+            [("predicted", run.predictions.where(F.col("predicted").isNotNull()), "predicted")]
+            if run.predictions is not None else []):
+        counts = df.select(F.size(col).alias("k")).groupBy("k").count().toPandas()
+        parts.append(counts.set_index("k")["count"].rename(name))
+    return pd.concat(parts, axis=1).fillna(0).astype(int).sort_index()
+
+
+# ---------------------------------------------------------------- Table 5.1, Figures 5.2 and 5.3
+
+
+def _scored(run: Run, split: str):
+    """(image_key, j, y, p) for the labeled, predicted images of ``split``: one row per image and label."""
+    from pyspark.sql import functions as F
+
+    if run.predictions is None:
+        raise ValueError("this run has no predictions yet (run `infer`)")
+    slugs = [slug(n) for n in run.names]
+    preds = run.predictions.where((F.col("split") == split) & F.col("labeled") & F.col(f"p_{slugs[0]}").isNotNull())
+    target = "multi_hot_hier" if run.hierarchical else "multi_hot"
+    joined = preds.select("image_key", F.array(*[F.col(f"p_{s}") for s in slugs]).alias("p")).join(
+        run.index.select("image_key", target), "image_key")
+    return joined.select("image_key", F.posexplode("p").alias("j", "p"), target).select(
+        "image_key", "j", "p", F.element_at(target, F.col("j") + 1).cast("int").alias("y"))
+
+
+def _curve(scored):
+    """Per label and distinct score, descending: the cumulative true positives and predictions."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    steps = scored.groupBy("j", "p").agg(F.sum("y").alias("pos"), F.count("*").alias("n"))
+    w = Window.partitionBy("j").orderBy(F.col("p").desc()).rowsBetween(Window.unboundedPreceding, 0)
+    return steps.withColumn("tp", F.sum("pos").over(w)).withColumn("k", F.sum("n").over(w))
+
+
+def label_quality(run: Run, split: str = "test") -> pd.DataFrame:
+    """Per label on ``split``: support, prevalence, AUC(PR) (average precision, as scikit-learn's
+    ``average_precision_score``), and precision / recall at 0.5 and at the model's thresholds.
+
+    >>> study.label_quality(run)[["label", "support", "auc_pr"]].head()  # doctest: +SKIP
+    """
+    from pyspark.sql import functions as F
+
+    scored = _scored(run, split).cache()
+    # (Spark column names are case-insensitive: the score is p, so the counts get longer names.)
+    totals = scored.groupBy("j").agg(F.sum("y").alias("n_pos"), F.count("*").alias("n_all"))
+    ap = (_curve(scored).join(totals, "j")
+          .groupBy("j").agg(F.sum(F.when(F.col("n_pos") > 0,
+                                         F.col("pos") / F.col("n_pos") * F.col("tp") / F.col("k"))).alias("auc_pr")))
+    thr = run.thresholds or [0.5] * len(run.names)
+    thr_col = F.element_at(F.array(*[F.lit(float(t)) for t in thr]), F.col("j") + 1)
+    hits = scored.groupBy("j").agg(
+        *[F.sum(((F.col("p") >= cut) & (F.col("y") == 1)).cast("int")).alias(f"tp_{name}") for name, cut in
+          (("05", F.lit(0.5)), ("thr", thr_col))],
+        *[F.sum((F.col("p") >= cut).cast("int")).alias(f"pp_{name}") for name, cut in
+          (("05", F.lit(0.5)), ("thr", thr_col))])
+    table = totals.join(ap, "j").join(hits, "j").toPandas().sort_values("j")
+    scored.unpersist()
+    out = pd.DataFrame({"label": [run.names[j] for j in table["j"]]})
+    out["support"] = table["n_pos"].astype(int).to_numpy()
+    out["prevalence"] = (table["n_pos"] / table["n_all"]).to_numpy()
+    out["auc_pr"] = [a if p > 0 else float("nan") for a, p in zip(table["auc_pr"], table["n_pos"])]
+    out["auc_pr_lift"] = out["auc_pr"] / out["prevalence"]
+    out["threshold"] = [thr[j] for j in table["j"]]
+    for name in ("05", "thr"):
+        tp, pp = table[f"tp_{name}"].to_numpy(), table[f"pp_{name}"].to_numpy()
+        out[f"precision_{name}"] = [t / q if q else 0.0 for t, q in zip(tp, pp)]
+        out[f"recall_{name}"] = [t / p if p else 0.0 for t, p in zip(tp, table["n_pos"])]
+    missing = [n for n in run.names if n not in set(out["label"])]
+    if missing:  # no image of this split: every label still gets a row
+        out = pd.concat([out, pd.DataFrame({"label": missing, "support": 0})], ignore_index=True)
+    return out.set_index("label").loc[run.names].reset_index()
+
+
+def train_frequency(run: Run) -> pd.Series:
+    """Images per graph label (the model's target labels) in the train split."""
+    df = run.images.where(run.images.split == "train")
+    return pd.Series(label_counts(df, run.target, run.names), name="train_images")
+
+
+def quality_summary(quality: pd.DataFrame, train_images: pd.Series, k: int = TOP_K) -> pd.DataFrame:
+    """Table 5.1: macro AUC(PR), precision and recall over all labels, the k most frequent in train,
+    and the rest; at 0.5 and at the per-label thresholds (labels without test support left out)."""
+    top = set(train_images.sort_values(ascending=False, kind="mergesort").index[:k])
+    groups = {"all labels": quality, f"top {k}": quality[quality["label"].isin(top)],
+              "rest": quality[~quality["label"].isin(top)]}
+    rows = {}
+    for name, g in groups.items():
+        g = g[g["support"] > 0]
+        rows[name] = {"labels": len(g), "auc_pr": g["auc_pr"].mean(),
+                      "precision_05": g["precision_05"].mean(), "recall_05": g["recall_05"].mean(),
+                      "precision_thr": g["precision_thr"].mean(), "recall_thr": g["recall_thr"].mean()}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def frequency_vs_auc(quality: pd.DataFrame, train_images: pd.Series, z: float = 1.5) -> pd.DataFrame:
+    """Figure 5.2: train frequency against AUC(PR); ``outlier`` marks labels whose AUC(PR) is more than
+    ``z`` standard deviations off the least-squares line over log10(frequency)."""
+    import numpy as np
+
+    out = quality[["label", "auc_pr", "support"]].copy()
+    out["train_images"] = out["label"].map(train_images).fillna(0).astype(int)
+    ok = out["auc_pr"].notna() & (out["train_images"] > 0)
+    out["residual"] = float("nan")
+    out["outlier"] = False
+    if ok.sum() >= 3:
+        x, y = np.log10(out.loc[ok, "train_images"].to_numpy(float)), out.loc[ok, "auc_pr"].to_numpy(float)
+        slope, intercept = np.polyfit(x, y, 1)
+        res = y - (slope * x + intercept)
+        out.loc[ok, "residual"] = res
+        sd = res.std()
+        out.loc[ok, "outlier"] = np.abs(res) > z * sd if sd > 0 else False
+    return out
+
+
+def pr_curves(run: Run, split: str = "test", points: int = 100) -> pd.DataFrame:
+    """Figure 5.3: precision-recall points per label (at most ``points`` per label), from the same
+    cumulative counts as ``label_quality``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    scored = _scored(run, split)
+    totals = scored.groupBy("j").agg(F.sum("y").alias("n_pos"))
+    curve = _curve(scored).join(totals.where("n_pos > 0"), "j")
+    w = Window.partitionBy("j").orderBy(F.col("p").desc())
+    curve = curve.withColumn("i", F.row_number().over(w)).withColumn("m", F.count("*").over(Window.partitionBy("j")))
+    step = F.greatest(F.lit(1), F.ceil(F.col("m") / points))
+    picked = curve.where(((F.col("i") - 1) % step == 0) | (F.col("i") == F.col("m"))).select(
+        "j", (F.col("tp") / F.col("n_pos")).alias("recall"), (F.col("tp") / F.col("k")).alias("precision"),
+        F.col("p").alias("threshold")).toPandas()
+    picked["label"] = [run.names[j] for j in picked["j"]]
+    return picked.sort_values(["j", "recall", "threshold"], ascending=[True, True, False])[
+        ["label", "recall", "precision", "threshold"]].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- co-occurrence, examples, misses
+
+
+def cooccurrence(run: Run, column: str = "labels") -> pd.DataFrame:
+    """Images having both labels, label by label (the diagonal: images with the label)."""
+    from pyspark.sql import functions as F
+
+    pairs = (run.images.select("image_key", F.explode(column).alias("a"))
+             .join(run.images.select("image_key", F.explode(column).alias("b")), "image_key")
+             .groupBy("a", "b").count().toPandas())
+    matrix = pd.DataFrame(0, index=run.names, columns=run.names)
+    for a, b, c in pairs.itertuples(index=False):
+        matrix.loc[a, b] = int(c)
+    return matrix
+
+
+def _candidates(run: Run, missed_only: bool, per_label: int, min_probability: float | None):
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    if run.predictions is None:
+        raise ValueError("this run has no predictions yet (run `infer`)")
+    slugs = [slug(n) for n in run.names]
+    thr = run.thresholds or [0.5] * len(run.names)
+    cut = F.element_at(F.array(*[F.lit(float(max(t, min_probability or 0.0))) for t in thr]), F.col("j") + 1)
+    names = F.array(*[F.lit(n) for n in run.names])
+    rows = (run.predictions.where(F.col(f"p_{slugs[0]}").isNotNull())
+            .select("image_key", "file_title", "predicted",
+                    F.posexplode(F.array(*[F.col(f"p_{s}") for s in slugs])).alias("j", "probability"))
+            .where(F.col("probability") >= cut)
+            .join(run.images.select("image_key", F.col(run.target).alias("graph_labels")), "image_key")
+            .withColumn("label", F.element_at(names, F.col("j") + 1)))
+    if missed_only:
+        rows = rows.where(~F.array_contains(F.coalesce("graph_labels", F.array().cast("array<string>")),
+                                            F.col("label")))
+    w = Window.partitionBy("j").orderBy(F.col("probability").desc(), F.col("image_key"))
+    top = rows.withColumn("rank", F.row_number().over(w)).where(F.col("rank") <= per_label)
+    top = top.join(run.index.select("image_key", "shard", "offset", "size"), "image_key", "left")
+    out = top.select("label", "rank", "image_key", "file_title", "probability", "graph_labels", "predicted",
+                     "shard", "offset", "size").toPandas()
+    for col in ("predicted", "graph_labels"):  # numpy arrays from Arrow: plain lists
+        out[col] = [list(v) if v is not None else [] for v in out[col]]
+    out["found_not_in_graph"] = [sorted(set(p) - set(g)) for p, g in zip(out["predicted"], out["graph_labels"])]
+    order = {n: i for i, n in enumerate(run.names)}
+    return out.sort_values(["label", "rank"], key=lambda s: s.map(order) if s.name == "label" else s) \
+        .reset_index(drop=True)
+
+
+def examples(run: Run, per_label: int = 6) -> pd.DataFrame:
+    """Figures 5.4 to 5.10: per label, the images the model predicts it for with the highest
+    probability (ties by image_key: the same images every time), with their graph labels,
+    predicted labels, and those predicted but not in the graph (``found_not_in_graph``)."""
+    return _candidates(run, False, per_label, None)
+
+
+def missed_by_graph(run: Run, per_label: int = 10, min_probability: float = 0.5) -> pd.DataFrame:
+    """Per label, images the model predicts it for (probability at least the label's threshold and
+    ``min_probability``) although their graph labels lack it: what the category graph missed, or
+    what the model gets wrong; the highest probabilities first."""
+    return _candidates(run, True, per_label, min_probability)
+
+
+def topics_per_article(run: Run, limit: int = 20, min_images: int = 2) -> tuple[pd.DataFrame, dict]:
+    """The predicted topic distribution of each WIT article's images (mean probability per topic),
+    the visual counterpart of the article's topics. Returns the ``limit`` articles with most images
+    (at least ``min_images``), with ``topics`` (labels whose mean probability is >= 0.5), and a summary
+    over all articles: how many, images per article, and the share whose images cover one topic or none."""
+    from pyspark.sql import functions as F
+
+    if run.predictions is None:
+        raise ValueError("this run has no predictions yet (run `infer`)")
+    slugs = [slug(n) for n in run.names]
+    pages = (run.images.select("image_key", F.explode("page_titles").alias("page"))
+             .join(run.predictions.where(F.col(f"p_{slugs[0]}").isNotNull())
+                   .select("image_key", *[f"p_{s}" for s in slugs]), "image_key")
+             .groupBy("page").agg(F.count("*").alias("images"), *[F.avg(f"p_{s}").alias(f"p_{s}") for s in slugs]))
+    pages = pages.withColumn("n_topics", sum((F.col(f"p_{s}") >= 0.5).cast("int") for s in slugs)).cache()
+    stats = pages.agg(F.count("*").alias("articles"), F.avg("images").alias("images_per_article"),
+                      F.avg((F.col("n_topics") <= 1).cast("double")).alias("share_one_topic_or_none"),
+                      F.avg(F.when(F.col("images") >= min_images, (F.col("n_topics") <= 1).cast("double")))
+                      .alias(f"share_one_topic_or_none_{min_images}plus")).first().asDict()
+    top = pages.where(F.col("images") >= min_images).orderBy(F.col("images").desc(), "page").limit(limit).toPandas()
+    pages.unpersist()
+    top["topics"] = [[n for n, s in zip(run.names, slugs) if row[f"p_{s}"] >= 0.5] for _, row in top.iterrows()]
+    return top[["page", "images", "n_topics", "topics", *[f"p_{s}" for s in slugs]]], \
+        {k: (float(v) if v is not None else None) for k, v in stats.items()}
+
+
+# ---------------------------------------------------------------- run over run
+
+
+def previous_dump(settings) -> str | None:
+    """The newest earlier dump date of the same taxonomy and heuristics in the data lake, if any."""
+    import fsspec
+
+    from pipeline.layout import DUMP_DATE_RE, join
+
+    layout = Layout.from_settings(settings)
+    fs, root = fsspec.core.url_to_fs(layout.data_root)
+    dates = []
+    for path in fs.glob(join(root, "*")):
+        date = path.rstrip("/").rsplit("/", 1)[-1]
+        if DUMP_DATE_RE.match(date) and date < layout.dump_date and \
+                fs.exists(join(root, date, "wit", layout.label_key, "images")):
+            dates.append(date)
+    return max(dates) if dates else None
+
+
+def compare_runs(previous: Run, current: Run, examples: int = 10) -> dict:
+    """What changed since the previous dump: per label, images that gained or lost it (graph labels;
+    added and dropped images included), images added and dropped, images whose labels changed
+    (count and examples), and the champion decision."""
+    from pyspark.sql import functions as F
+
+    col = current.target
+    old = previous.images.select("image_key", "file_title", F.col(col).alias("old"))
+    new = current.images.select("image_key", "file_title", F.col(col).alias("new"))
+    both = old.join(new.drop("file_title"), "image_key", "full_outer")
+    empty = F.array().cast("array<string>")
+    both = both.select("image_key", "file_title", F.coalesce("old", empty).alias("old"),
+                       F.coalesce("new", empty).alias("new"),
+                       F.col("old").isNull().alias("added"), F.col("new").isNull().alias("dropped"))
+    gained = both.select(F.explode(F.array_except("new", "old")).alias("label")).groupBy("label").count().toPandas()
+    lost = both.select(F.explode(F.array_except("old", "new")).alias("label")).groupBy("label").count().toPandas()
+    per_label = pd.DataFrame({"label": current.names})
+    per_label["gained"] = per_label["label"].map(dict(zip(gained["label"], gained["count"]))).fillna(0).astype(int)
+    per_label["lost"] = per_label["label"].map(dict(zip(lost["label"], lost["count"]))).fillna(0).astype(int)
+    changed = both.where(~F.col("added") & ~F.col("dropped") &
+                         (F.size(F.array_except("new", "old")) + F.size(F.array_except("old", "new")) > 0))
+    counts = both.agg(F.sum(F.col("added").cast("int")).alias("added"),
+                      F.sum(F.col("dropped").cast("int")).alias("dropped")).first()
+    sample = changed.orderBy("image_key").limit(examples).toPandas()
+    train = current.summaries.get("train", {})
+    return {
+        "previous_dump": previous.layout.dump_date,
+        "images_added": int(counts["added"] or 0),
+        "images_dropped": int(counts["dropped"] or 0),
+        "images_relabeled": changed.count(),
+        "relabeled_examples": sample,
+        "per_label": per_label,
+        "champion": {k: train.get(k) for k in ("model_version", "test_macro_auc_pr", "champion_version",
+                                              "champion_auc_pr", "promoted", "promotion_reason")},
+    }
+
+
+def finite(x) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
