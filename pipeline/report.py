@@ -222,6 +222,13 @@ def summary_lines(run, quality_all: pd.DataFrame | None, changes: dict | None) -
     return [line1, line2, line3]
 
 
+def _comparison(comparison: pd.DataFrame | None) -> str:
+    if comparison is None:
+        return '<p class="none">This run trained no model, or there was no champion to compare it with.</p>'
+    return ("<h3>Per label: the new model against the champion, on this run's test split</h3>"
+            + table(comparison.round(4)))
+
+
 def build(run, parts: dict, store_root: str) -> tuple[str, dict[str, bytes]]:
     """(the HTML page, {figure name: PNG bytes}) from the study's tables in ``parts``."""
     figs: dict[str, bytes] = {}
@@ -332,7 +339,7 @@ def build(run, parts: dict, store_root: str) -> tuple[str, dict[str, bytes]]:
                    + table(changes["per_label"][(changes["per_label"][["gained", "lost"]].sum(axis=1) > 0)])
                    + "<h3>Images whose labels changed (examples)</h3>"
                    + table(ex_rows[["image_key", "file_title", "old", "new"]]) + "<h3>The champion decision</h3>"
-                   + table(champ) + "</section>")
+                   + table(champ) + _comparison(parts.get("comparison")) + "</section>")
     else:
         out.append('<section id="changes"><h2>10. What changed since the previous dump</h2><p class="none">'
                    "This is the first run of this taxonomy and heuristics in the data lake.</p></section>")

@@ -481,5 +481,22 @@ def compare_runs(previous: Run, current: Run, examples: int = 10) -> dict:
     }
 
 
+def model_comparison(settings, run: Run) -> pd.DataFrame | None:
+    """Per label, test AUC(PR) of the model this run trained and of the champion it was compared
+    with, both on the run's test split (from the training run's MLflow metrics); None when this run
+    trained no model or there was no champion to compare with."""
+    from pipeline import tracking
+
+    train = run.summaries.get("train", {})
+    if not train.get("run_id") or train.get("champion_auc_pr") is None:
+        return None
+    metrics = tracking.client(settings).get_run(train["run_id"]).data.metrics
+    rows = [{"label": n, "challenger_auc_pr": metrics.get(f"test_ap_{slug(n)}", float("nan")),
+             "champion_auc_pr": metrics.get(f"champion_test_ap_{slug(n)}", float("nan"))} for n in run.names]
+    out = pd.DataFrame(rows)
+    out["difference"] = out["challenger_auc_pr"] - out["champion_auc_pr"]
+    return out
+
+
 def finite(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)

@@ -43,6 +43,7 @@ def study_parts(spark, settings) -> tuple[study.Run, dict]:
     if previous:
         before = dataclasses.replace(settings, paths=dataclasses.replace(settings.paths, dump_date=previous))
         parts["changes"] = study.compare_runs(study.load(spark, before, with_predictions=False), run)
+        parts["comparison"] = study.model_comparison(settings, run)
     return run, parts
 
 

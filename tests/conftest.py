@@ -69,3 +69,16 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured")
         for name, value in _METRICS:
             terminalreporter.write_line(f"{name}: {value}")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The end-to-end test file first: with --dist loadfile the N xdist workers get files 1..N, then
+    N+1..2N, so the first worker starts the longest test at once, and a quick file placed at N+1
+    is all it has queued behind it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    files = list(dict.fromkeys(item.nodeid.split("::")[0] for item in items))
+    first = [f for f in files if f.endswith("test_e2e.py")]
+    quick = [f for f in files if f.endswith("test_config.py")]
+    rest = [f for f in files if f not in first + quick]
+    order = {f: i for i, f in enumerate(first + rest[:workers - 1] + quick + rest[workers - 1:])}
+    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])

@@ -261,10 +261,12 @@ def test_the_report_renders_in_a_real_browser(nights):
                 "img", "els => els.map(e => [e.className, e.complete, e.naturalWidth, e.naturalHeight])")
             figures = [i for i in images if i[0] == "fig"]
             thumbnails = [i for i in images if i[0] != "fig"]
-            assert len(figures) >= 6 and len(thumbnails) >= 10
+            assert len(figures) == len(outputs[1]["summaries"]["report"]["figures"]) == 5
+            assert len(thumbnails) >= 10
             assert all(done and w > 0 and h > 0 for _, done, w, h in images), images
             assert not errors, errors
-            assert "Compared with dump 20260101" in page.inner_text("#changes")
+            changes = page.inner_text("#changes")
+    assert "Compared with dump 20260101" in changes and "the new model against the champion" in changes
             page.screenshot(path=str(artifacts / "report-night2.png"), full_page=True)
         finally:
             browser.close()

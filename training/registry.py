@@ -57,7 +57,11 @@ def score_champion(settings: Settings, version, test_index, y_test, names, finge
         if list(predictor.names) != list(names):
             raise ValueError(f"champion v{version.version} predicts another label set ({len(predictor.names)} labels)")
         x, _, _ = data.load_arrays(test_index, predictor.image_size)
-        figures = metrics.evaluate(y_test, predictor.predict_arrays(x), predictor.thresholds, names)
+        probs = predictor.predict_arrays(x)
+        figures = metrics.evaluate(y_test, probs, predictor.thresholds, names)
+        # per label too, as the challenger's test_ap_<slug>, for the report's side-by-side table
+        figures.update({f"ap_{s}": metrics.average_precision(y_test[:, j], probs[:, j])
+                        for j, s in enumerate(predictor.slugs)})
         out["auc_pr"] = float(figures["macro_auc_pr"])
         out["metrics"] = figures
     except Exception as e:  # noqa: BLE001 - the gate records why and does not promote
