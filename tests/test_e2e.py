@@ -266,7 +266,7 @@ def test_the_report_renders_in_a_real_browser(nights):
             assert all(done and w > 0 and h > 0 for _, done, w, h in images), images
             assert not errors, errors
             changes = page.inner_text("#changes")
-    assert "Compared with dump 20260101" in changes and "the new model against the champion" in changes
+            assert "Compared with dump 20260101" in changes and "the new model against the champion" in changes
             page.screenshot(path=str(artifacts / "report-night2.png"), full_page=True)
         finally:
             browser.close()
