@@ -19,7 +19,7 @@ def nights(tmp_path_factory):
     # The sample's truth.json holds the labels of the plain depth rule; headJ is tested on its own.
     overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
                  "label.heuristics": "depth"}
-    result = run_demo(overrides=overrides, images=400, categories=400, seed=3, epochs=1, runs=3)
+    result = run_demo(overrides=overrides, images=250, categories=300, seed=3, epochs=1, runs=3)
     return root, result["night_outputs"] + [result], result["nights"]
 
 
@@ -117,7 +117,7 @@ def test_every_data_stage_is_tracked_in_mlflow(demo):
     assert set(by_stage) >= {"fetch", "ingest", "graph", "label", "wit", "shard", "infer", "report"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert by_stage["shard"].data.metrics["ok"] > 0
-    assert by_stage["graph"].data.metrics["categories"] == 400
+    assert by_stage["graph"].data.metrics["categories"] == 300
     artifacts = [a.path for a in client.list_artifacts(by_stage["label"].info.run_id, "label")]
     assert "label/stats.json" in artifacts
 
