@@ -38,7 +38,9 @@ class FaultServer:
     the last one repeating: ok, 429, 503date, 500, slow, reset, html, htmlbody, empty, 404, 410.
 
     ``max_inflight`` counts concurrent requests (``slow`` ones excluded: the client gives up on
-    them and its next request overlaps a server thread that is still sleeping).
+    them and its next request overlaps a server thread that is still sleeping). A request stops
+    counting just before its last byte is sent: the client cannot have seen the response end
+    before that, so its next request never overlaps this one's bookkeeping.
     """
 
     def __init__(self, delay_s: float = 0.0, slow_s: float = 1.0):
@@ -82,23 +84,33 @@ class FaultServer:
             actions = self.faults.get(path, ["ok"])
             return actions[min(n, len(actions) - 1)]
 
+    def _done(self, h):
+        if getattr(h, "counted", False):
+            h.counted = False
+            with self.lock:
+                self.inflight -= 1
+
     def _send(self, h, code, body=b"", ctype="image/jpeg", headers=()):
         h.send_response(code)
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(body)))
         for k, v in headers:
             h.send_header(k, v)
+        if not body:
+            self._done(h)
         h.end_headers()
         if body:
-            h.wfile.write(body)
+            h.wfile.write(body[:-1])
+            self._done(h)
+            h.wfile.write(body[-1:])
 
     def _handle(self, h):
         from urllib.parse import unquote
 
         path = unquote(h.path)
         action = self._action(path)
-        counted = action != "slow"
-        if counted:
+        h.counted = action != "slow"
+        if h.counted:
             with self.lock:
                 self.inflight += 1
                 self.max_inflight = max(self.max_inflight, self.inflight)
@@ -127,15 +139,14 @@ class FaultServer:
             elif action == "empty":
                 self._send(h, 200, b"")
             elif action == "reset":
+                self._done(h)
                 h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 h.connection.close()
                 h.close_connection = True
             else:
                 raise AssertionError(action)
         finally:
-            if counted:
-                with self.lock:
-                    self.inflight -= 1
+            self._done(h)
 
 
 @pytest.fixture

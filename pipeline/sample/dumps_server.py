@@ -225,11 +225,35 @@ class DumpsServer:
                 self._serve(head=True)
 
             def _serve(self, head: bool) -> None:
+                # A request stops counting as in flight just before its last byte goes out: the
+                # client cannot see the response end earlier, so its next request never overlaps
+                # this thread's bookkeeping and ``max_inflight`` is exact.
+                self.counted, self.body_len = True, None
                 server._count("inflight", 1)
                 try:
                     self._respond(head)
                 finally:
+                    self._done()
+
+            def _done(self) -> None:
+                if self.counted:
+                    self.counted = False
                     server._count("inflight", -1)
+
+            def send_header(self, keyword, value):
+                if keyword.lower() == "content-length":
+                    self.body_len = int(value)
+                super().send_header(keyword, value)
+
+            def end_headers(self):
+                if self.command == "HEAD" or not self.body_len:
+                    self._done()
+                super().end_headers()
+
+            def _write_body(self, data: bytes) -> None:
+                self.wfile.write(data[:-1])
+                self._done()
+                self.wfile.write(data[-1:])
 
             def _respond(self, head: bool) -> None:
                 path = unquote(urlsplit(self.path).path)
@@ -298,7 +322,7 @@ class DumpsServer:
                     record["dropped_after"] = drop
                     self.close_connection = True
                     return
-                self.wfile.write(payload)
+                self._write_body(payload)
 
             def _listing(self, local: str, path: str, record: dict, head: bool) -> None:
                 names = sorted(os.listdir(local))
@@ -315,7 +339,7 @@ class DumpsServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if not head:
-                    self.wfile.write(body)
+                    self._write_body(body)
 
             def _simple(self, code: int, record: dict) -> None:
                 record["status"] = code
@@ -324,7 +348,7 @@ class DumpsServer:
                 self.send_header("Content-Type", "text/html")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                self._write_body(body)
 
         return Handler
 
