@@ -151,7 +151,7 @@ class FaultServer:
 
 @pytest.fixture
 def server():
-    s = FaultServer()
+    s = FaultServer(slow_s=4.0)
     yield s
     s.close()
 
@@ -159,7 +159,7 @@ def server():
 def shard_settings(tmp_path, **over):
     base = {
         "shard.user_agent": UA,
-        "shard.timeout_s": "0.3",
+        "shard.timeout_s": "5",  # generous: a loaded CI box must not turn a plain request into a timeout
         "shard.backoff_s": "0.01",
         "shard.max_backoff_s": "0.05",
         "shard.max_retries": "3",
@@ -215,7 +215,7 @@ def test_retry_after_parsing():
 
 
 def test_faults_end_ok_or_recorded(server, tmp_path):
-    s = shard_settings(tmp_path)
+    s = shard_settings(tmp_path, timeout_s=1.5)  # "slow" sleeps 4 s
     body = jpeg_bytes()
     cases = {
         "/rate.jpg": (["429", "429", "ok"], "ok", 3),
