@@ -1,7 +1,7 @@
 #!/bin/sh
 # The MLflow tracking server behind MLflow's basic-auth app. Its config (admin password, the
 # permissions database) is written at start from the compose secrets, in a private temp file.
-# SECRETS, MLFLOW_DB_URI, MLFLOW_HOST, MLFLOW_PORT and MLFLOW_ARTIFACTS override the container's
+# SECRETS, MLFLOW_DB_URI, MLFLOW_HOST, MLFLOW_PORT, MLFLOW_WORKERS and MLFLOW_ARTIFACTS override the container's
 # defaults (the tests run this script on loopback with SQLite).
 set -eu
 umask 077
@@ -18,5 +18,9 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
 export MLFLOW_AUTH_CONFIG_PATH="$config"
 export MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$secrets/mlflow_flask_secret")"
+# MLflow 3's job runner (six huey consumers, for GenAI trace jobs) serves nothing this pipeline
+# uses; off unless asked for.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 exec mlflow server --app-name basic-auth --host "${MLFLOW_HOST:-0.0.0.0}" --port "${MLFLOW_PORT:-5000}" \
+     --workers "${MLFLOW_WORKERS:-4}" \
      --backend-store-uri "$db" --artifacts-destination "${MLFLOW_ARTIFACTS:-/data/mlartifacts}"

@@ -173,7 +173,7 @@ def test_the_mlflow_server_refuses_requests_without_the_admin_password(tmp_path)
     (secrets / "mlflow_flask_secret").write_text("flask-key-for-this-test\n")
     port = _free_port()
     env = {**os.environ, "SECRETS": str(secrets), "MLFLOW_DB_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-           "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_ARTIFACTS": str(tmp_path / "art"),
+           "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_ARTIFACTS": str(tmp_path / "art"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     server = subprocess.Popen([str(ROOT / "docker" / "mlflow-server.sh")], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
