@@ -244,9 +244,9 @@ def test_sigterm_ends_run_failed_and_moves_no_alias(trained, tmp_path):
     try:
         for line in proc.stdout:
             log.append(line)
-            # Epoch 2 starts once epoch 1 (and the graph tracing) is done: the run is mid-training.
-            if "Epoch 2/" in line:
-                threading.Timer(0.5, proc.send_signal, (signal.SIGTERM,)).start()
+            # Inside fit (tracing the train step takes a minute here): the run is mid-training.
+            if "Epoch 1/" in line:
+                threading.Timer(3, proc.send_signal, (signal.SIGTERM,)).start()
         rc = proc.wait()
     finally:
         watchdog.cancel()
