@@ -1,5 +1,5 @@
 """Stage ``ingest`` on small dumps written here (three categorylinks layouts, bad
-input) and on the real Commons subgraph in tests/data/commons_realgraph."""
+input); the real Commons subgraph is in test_realgraph.py."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from spark_jobs import ingest_dumps
 from tests.test_sqldump import create_table, insert
 
 DATE = "20990101"
-REAL = Path(__file__).parent / "data" / "commons_realgraph"
-
 PAGE_COLS = [("page_id", "int(10) unsigned"), ("page_namespace", "int(11)"), ("page_title", "varbinary(255)"),
              ("page_is_redirect", "tinyint(3) unsigned"), ("page_is_new", "tinyint(3) unsigned"),
              ("page_random", "double unsigned"), ("page_len", "int(10) unsigned")]
@@ -245,40 +243,3 @@ def test_missing_dump_and_missing_column(tmp_path):
     assert "cl_type" in e.value.message and e.value.path.endswith("categorylinks.sql.gz")
 
 
-# ------------------------------------------------------------ the real subgraph
-
-
-@pytest.fixture(scope="module")
-def real_outputs(spark, tmp_path_factory):
-    out = {}
-    for sub in ("current", "legacy"):
-        lake = tmp_path_factory.mktemp(f"lake_{sub}")
-        out[sub] = ingest_dumps.run(make_settings(REAL / sub, lake, date="20220220",
-                                                  **{"spark.dump_chunk_bytes": 2 << 20}))
-    return out
-
-
-def test_real_subgraph_counts(real_outputs):
-    for sub, summary in real_outputs.items():
-        rows = summary["rows"]
-        assert rows["categories"] == 58_524, sub
-        assert rows["category_edges"] == 95_634, sub
-        assert rows["file_links"] == 9_395, sub
-        assert rows["hidden_categories"] == 262, sub
-        assert rows["rejects"] == 0 and summary["rejected_rows"] == 0
-        assert summary["parsed"]["page"]["kept"] - rows["categories"] == 3_444  # file pages (ns 6)
-        fl = read(summary["outputs"]["file_links"])
-        assert fl.file_id.nunique() <= 3_444
-        cats = set(read(summary["outputs"]["categories"]).title)
-        assert len(set(fl.category) - cats) == 53  # red links named by files
-    assert real_outputs["current"]["categorylinks_layout"] == "current"
-    assert real_outputs["legacy"]["categorylinks_layout"] == "legacy"
-
-
-def test_real_subgraph_current_equals_legacy(real_outputs):
-    for table in ("categories", "category_edges", "file_links"):
-        a = read(real_outputs["current"]["outputs"][table])
-        b = read(real_outputs["legacy"]["outputs"][table])
-        pd.testing.assert_frame_equal(a, b, obj=table)
-    titles = read(real_outputs["current"]["outputs"]["categories"]).title
-    assert not titles.str.contains("_").any() and (titles == "CommonsRoot").sum() == 1

@@ -1,7 +1,7 @@
-"""Stage `label`: Spark labels == the recursive oracle, on random graphs and the real subgraph."""
+"""Stage `label`: Spark labels == the recursive oracle, on random graphs and the sample (the real
+subgraph is in test_realgraph.py)."""
 
 import json
-import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -151,53 +151,6 @@ def test_run_on_tiny_tables_warns_about_missing_seeds(spark, tmp_path):
     assert stats["flat"]["meanIR"] == 1.0 and stats["flat"]["SCUMBLE"] == 0.0
     assert stats["hierarchical"]["labels_per_image_mean"] == 1.0
     assert "Plantae" in stats["missing_seeds"]
-
-
-@pytest.fixture(scope="module")
-def real_run(spark, tmp_path_factory):
-    """ingest + graph (other stages) + label on the real Commons subgraph."""
-    from spark_jobs import category_graph, ingest_dumps
-
-    root = tmp_path_factory.mktemp("realgraph")
-    s = settings_for(root)
-    ingest_dumps.run(s)
-    category_graph.run(s)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", label_topics.MissingSeedsWarning)  # all v1.3 seeds are in this graph
-        summary = label_topics.run(s)
-    return s, summary
-
-
-def test_real_subgraph_spark_equals_oracle(spark, real_run):
-    s, summary = real_run
-    assert summary["categories_leading_into_cycles"] == 0  # the Births rule closes no cycle in the real subgraph
-    layout = Layout.from_settings(s)
-    depth = pd.read_parquet(layout.category_depth)
-    edges = pd.read_parquet(layout.ingest("category_edges"))
-    oracle = Traversal.build(
-        [(t, bool(h), None if pd.isna(d) else int(d)) for t, h, d in zip(depth.title, depth.hidden, depth.depth)],
-        zip(edges.child, edges.parent), TAX, "headJ+depth")
-    cats = pd.read_parquet(summary["category_labels"])
-    assert len(cats) == len(depth)
-    diff = [t for t, l in zip(cats.title, cats.labels) if list(l) != [n for n in TAX.names if n in oracle.labels(t)]]
-    assert diff == []
-
-
-def test_real_subgraph_reproduces_original_labels(real_run, report_metric, record_property):
-    s, summary = real_run
-    dev = pd.read_parquet(REAL / "dev_files_v1.3.parquet")
-    files = pd.read_parquet(summary["file_labels"])
-    links = pd.read_parquet(Layout.from_settings(s).ingest("file_links"))
-    assert set(files.file_id) == set(links.file_id)  # every file, labeled or not
-    m = dev.merge(files, left_on="id", right_on="file_id", how="left")
-    assert m.file_id.notna().all()
-    # labels_original are hierarchical (every label comes with its ancestors)
-    assert all(set(TAX.with_ancestors(l)) == set(l) for l in dev.labels_original)
-    exact = sum(set(a) == set(b) for a, b in zip(m.labels_original, m.labels_hier))
-    record_property("realgraph_exact_files", exact)
-    report_metric("label: files with exactly the original headJ+depth labels (real subgraph, v1.3)",
-                  f"{exact}/{len(dev)} = {exact / len(dev):.3f}")
-    assert exact / len(dev) >= 0.93  # 145/155 measured
 
 
 # ----------------------------------------------------------------- bundled sample
