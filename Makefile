@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Spark's classes as a JVM class-data-sharing archive: each stage's JVM starts in half the time.
+ARCHIVE := $(VENV)/spark-classes.jsa
+export SPARK_CLASS_ARCHIVE ?= $(abspath $(ARCHIVE))
 
 .PHONY: venv demo test lock clean benchmark browser
 
@@ -15,10 +18,14 @@ $(STAMP): requirements.lock
 	$(PY) -m pip install --quiet -r requirements.lock
 	@touch $@
 
-demo: venv
+# Rebuilt with the environment (the archive is only valid for the Spark jars and JDK it saw).
+$(ARCHIVE): $(STAMP)
+	$(PY) -m pipeline spark-archive --out $@
+
+demo: venv $(ARCHIVE)
 	$(PY) -m pipeline demo $(DEMO_ARGS)
 
-test: venv browser
+test: venv browser $(ARCHIVE)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The report's browser test needs Debian's chromium: installed where apt can (as root), else the

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved settings as JSON")
     _add_settings_arguments(p)
+
+    p = sub.add_parser("spark-archive", help="write the JVM class archive that halves each Spark stage's start-up")
+    p.add_argument("--out", help="where (default: spark.class_archive)")
+    _add_settings_arguments(p)
     return parser
 
 
@@ -156,6 +160,13 @@ def main(argv=None) -> int:
             summary = {k: v for k, v in result.items() if k not in ("summaries", "night_outputs")}
         elif command == "config":
             summary = load_settings(_overrides(args)).to_dict()
+        elif command == "spark-archive":
+            from pipeline.spark import build_archive
+
+            out = args.out or load_settings(_overrides(args)).spark.class_archive
+            if not out:
+                raise SystemExit("error: spark-archive needs --out or spark.class_archive (SPARK_CLASS_ARCHIVE)")
+            summary = build_archive(out)
         else:
             summary = run_stage(command, load_settings(_overrides(args)), args.force, started)
             if args.summary_file:

@@ -25,3 +25,42 @@ def test_spark_starts_without_avoidable_warnings(tmp_path):
 
     assert int(pandas.__version__.split(".")[0]) < 3, "PySpark 4.3 supports pandas < 3"
     assert pyspark.__version__.startswith("4.3")
+
+
+def test_the_class_archive_is_used_only_where_it_was_built_for(tmp_path):
+    import json
+    import os
+
+    from pipeline.spark import archive_key, archive_options
+
+    fake = tmp_path / "classes.jsa"
+    assert archive_options(str(fake)) == [] and archive_options("") == []  # none yet: plain start-up
+    fake.write_bytes(b"not an archive")
+    assert archive_options(str(fake)) == []  # no key beside it
+    (tmp_path / "classes.jsa.json").write_text(json.dumps({**archive_key(), "pyspark": "3.5.0"}))
+    assert archive_options(str(fake)) == []  # built for another Spark
+    (tmp_path / "classes.jsa.json").write_text(json.dumps(archive_key()))
+    assert archive_options(str(fake)) == [f"-XX:SharedArchiveFile={fake}"]
+    assert os.path.isfile(str(fake))
+
+
+def test_a_stage_jvm_maps_the_archive_make_built(tmp_path):
+    """-Xshare:on makes the JVM refuse to start unless it can map the archive: Spark starting, and
+    saying nothing else, shows the archive `make` built is valid and used."""
+    import os
+
+    import pytest
+
+    from pipeline.spark import archive_options
+
+    path = os.environ.get("SPARK_CLASS_ARCHIVE", "")
+    if not archive_options(path):
+        pytest.skip("no class archive for this Spark and JDK: `make test` builds one "
+                    "(python -m pipeline spark-archive --out PATH, then SPARK_CLASS_ARCHIVE=PATH)")
+    code = ("from pipeline.config import load_settings; from pipeline.spark import get_spark; "
+            "s = get_spark(load_settings({'spark.master': 'local[1]', 'spark.java_options': '-Xshare:on', "
+            f"'paths.state_dir': {str(tmp_path)!r}}}), 't'); print('rows', s.range(3).count()); s.stop()")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "rows 3" in out.stdout, out.stderr[-3000:] + out.stdout[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines == ["WARNING: Using incubator modules: jdk.incubator.vector"], lines
