@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Spark's classes as a JVM class-data-sharing archive: each stage's JVM starts in half the time.
+# Spark's classes as a JVM class-data-sharing archive: each stage's driver JVM starts faster.
 ARCHIVE := $(VENV)/spark-classes.jsa
 export SPARK_CLASS_ARCHIVE ?= $(abspath $(ARCHIVE))
 

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved settings as JSON")
     _add_settings_arguments(p)
 
-    p = sub.add_parser("spark-archive", help="write the JVM class archive that halves each Spark stage's start-up")
+    p = sub.add_parser("spark-archive", help="write the JVM class archive that speeds up each Spark stage's start-up")
     p.add_argument("--out", help="where (default: spark.class_archive)")
     _add_settings_arguments(p)
     return parser

@@ -75,8 +75,9 @@ class SparkConfig:
     # "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC" (measured ~20% faster there); full-scale runs should not.
     java_options: str = _env("SPARK_JAVA_OPTIONS", "")
     # A JVM class-data-sharing archive of Spark's classes (`python -m pipeline spark-archive` writes
-    # it). Every stage starts its own JVM; mapping the classes instead of loading them halves Spark's
-    # start-up (measured 8.6 s -> 4.5 s here). Ignored when missing or built for another Spark or JDK.
+    # it). Every stage starts its own JVM; mapping the classes instead of loading them cut a
+    # SparkSession's start from 5.8 s to 3.6 s here (docs/benchmarks.md). Ignored when missing or
+    # built for another Spark or JDK.
     class_archive: str = _env("SPARK_CLASS_ARCHIVE", "")
 
 

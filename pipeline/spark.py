@@ -56,8 +56,9 @@ def archive_key() -> dict:
 
     jars = Path(pyspark.__file__).parent / "jars"
     listing = sorted((p.name, p.stat().st_size) for p in jars.glob("*.jar"))
-    java = os.path.realpath(shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin"))
-                            if os.environ.get("JAVA_HOME") else shutil.which("java") or "java")
+    # The JDK PySpark launches: $JAVA_HOME/bin/java, else java on the PATH.
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.realpath(shutil.which("java", path=os.path.join(home, "bin") if home else None) or "java")
     return {"pyspark": pyspark.__version__, "java": java,
             "jars": hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]}
 
@@ -98,7 +99,7 @@ def build_archive(path: str) -> dict:
 
 
 def _warm_up(archive: str, tmp: str) -> None:
-    from pyspark.sql import SparkSession, Window, functions as F
+    from pyspark.sql import Window, functions as F
 
     from pipeline.config import load_settings
 

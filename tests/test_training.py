@@ -238,7 +238,7 @@ def test_sigterm_ends_run_failed_and_moves_no_alias(trained, tmp_path):
         [sys.executable, "-m", "training.train", *args],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    watchdog = threading.Timer(600, proc.kill)  # epoch 1 takes minutes beside the other workers
+    watchdog = threading.Timer(600, proc.kill)  # building the model takes minutes beside the other workers
     watchdog.start()
     log = []
     try:
