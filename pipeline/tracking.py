@@ -103,19 +103,27 @@ def client(settings: Settings):
 
 @contextlib.contextmanager
 def sigterm_raises():
-    """While inside, SIGTERM raises ``Terminated`` in the main thread (a no-op off the main thread)."""
+    """While inside, SIGTERM raises ``Terminated`` in the main thread (a no-op off the main thread).
+
+    Yields a dict whose ``signum`` is set once a signal arrived: raised while C code
+    calls back into Python (TensorFlow tracing a layer), the ``Terminated`` may
+    surface as another error, such as a ``SystemError``, and the caller can still
+    tell the process was terminated.
+    """
+    received: dict = {"signum": None}
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum, frame):
         # Further SIGTERMs must not interrupt the cleanup this one triggers.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        received["signum"] = signum
         raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -179,7 +187,7 @@ def start_run(run_name: str | None = None, tags: dict | None = None, params: dic
 
     if settings is not None:
         reap_dead_runs(settings, found_by=run_name or "a new run")
-    with sigterm_raises():
+    with sigterm_raises() as received:
         try:
             # Inside the try: a signal landing just after the run was created still fails it
             # (otherwise MLflow's atexit hook would end it FINISHED).
@@ -188,12 +196,18 @@ def start_run(run_name: str | None = None, tags: dict | None = None, params: dic
                 log_params(params)
             yield run
         except BaseException as e:
+            signum = received["signum"]
+            failure = f"{type(e).__name__}: {e}"
+            if signum is not None and not isinstance(e, Terminated):
+                failure = f"{Terminated(signum)} (surfaced as {failure})"
             # Keep the original error: a broken tracking store must not mask it.
             if mlflow.active_run() is not None:
                 with contextlib.suppress(Exception):
-                    mlflow.set_tag("failure", f"{type(e).__name__}: {e}"[:4000])
+                    mlflow.set_tag("failure", failure[:4000])
                 with contextlib.suppress(Exception):
                     mlflow.end_run(status="FAILED")
+            if signum is not None and not isinstance(e, Terminated):
+                raise Terminated(signum) from e
             raise
         else:
             mlflow.end_run(status="FINISHED")

@@ -130,6 +130,27 @@ def test_start_run_marks_exceptions_failed(settings):
     assert got.info.status == "FINISHED" and got.data.metrics == {"a": 1.0}
 
 
+def test_sigterm_inside_c_code_still_ends_the_run_terminated(settings):
+    """TensorFlow, tracing a layer when SIGTERM lands, turns our Terminated into a SystemError: the
+    process must still exit 128 + 15 and the run say it was terminated."""
+    import os
+    import signal
+    import time
+
+    with pytest.raises(tracking.Terminated) as raised:
+        with tracking.start_run(run_name="traced") as run:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except tracking.Terminated as e:
+                raise SystemError("<built-in method> returned a result with an exception set") from e
+    assert raised.value.code == 128 + signal.SIGTERM
+    got = tracking.client(settings).get_run(run.info.run_id)
+    assert got.info.status == "FAILED"
+    assert "signal 15" in got.data.tags["failure"] and "SystemError" in got.data.tags["failure"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_artifacts_land_under_state_dir(settings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with tracking.start_run() as run:
