@@ -93,7 +93,7 @@ def test_fetch_downloads_verifies_and_a_rerun_downloads_nothing(published, serve
     assert len(server.file_requests()) == before
     # every request named the configured User-Agent; never more than 2 requests at once. The
     # server sees a connection the client closed only when it reads EOF, so its connection count
-    # can include one already closed (seen once in CI-like load): the exact cap is on requests in flight.
+    # can include one already closed (seen once in a full make test): the exact cap is on requests in flight.
     assert {r["user_agent"] for r in server.requests} == {UA}
     assert server.max_inflight <= 2 and server.max_connections <= 3
     assert server.max_inflight == 2  # both connections were used
