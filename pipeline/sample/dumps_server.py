@@ -26,6 +26,7 @@ import html
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -152,6 +153,16 @@ class Faults:
         return None
 
 
+def _peer_closed(sock: socket.socket) -> bool:
+    """True when the client has closed ``sock`` (EOF or reset waiting in the kernel); never blocks."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # open and idle
+    except OSError:
+        return True
+
+
 class DumpsServer:
     """Serve a published root in a background thread; ``url`` is its base."""
 
@@ -161,6 +172,7 @@ class DumpsServer:
         self.latency_s = latency_s
         self.lock = threading.Lock()
         self.connections = self.max_connections = 0
+        self._sockets: set[socket.socket] = set()
         self.inflight = self.max_inflight = 0
         self.requests: list[dict] = []
         self.httpd = ThreadingHTTPServer((host, port), self._handler())
@@ -188,6 +200,22 @@ class DumpsServer:
         with self.lock:
             return [r for r in self.requests if r["path"].endswith(suffix) and r["method"] == "GET"]
 
+    def _open(self, sock: socket.socket) -> None:
+        """Count a new connection, after dropping those whose client has already closed them.
+
+        A handler thread sees its client's FIN only when it next reads; the kernel has it
+        already, so a peek tells a closed connection from an idle one and the count is exact.
+        """
+        with self.lock:
+            self._sockets = {s for s in self._sockets if not _peer_closed(s)} | {sock}
+            self.connections = len(self._sockets)
+            self.max_connections = max(self.max_connections, self.connections)
+
+    def _close(self, sock: socket.socket) -> None:
+        with self.lock:
+            self._sockets.discard(sock)
+            self.connections = len(self._sockets)
+
     def _count(self, attr: str, delta: int) -> None:
         with self.lock:
             value = getattr(self, attr) + delta
@@ -210,13 +238,13 @@ class DumpsServer:
 
             def setup(self):
                 super().setup()
-                server._count("connections", 1)
+                server._open(self.connection)
 
             def finish(self):
                 try:
                     super().finish()
                 finally:
-                    server._count("connections", -1)
+                    server._close(self.connection)
 
             def do_GET(self):
                 self._serve(head=False)
