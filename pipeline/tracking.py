@@ -197,8 +197,9 @@ def start_run(run_name: str | None = None, tags: dict | None = None, params: dic
             yield run
         except BaseException as e:
             signum = received["signum"]
+            surfaced = signum is not None and not isinstance(e, Terminated)
             failure = f"{type(e).__name__}: {e}"
-            if signum is not None and not isinstance(e, Terminated):
+            if surfaced:
                 failure = f"{Terminated(signum)} (surfaced as {failure})"
             # Keep the original error: a broken tracking store must not mask it.
             if mlflow.active_run() is not None:
@@ -206,7 +207,7 @@ def start_run(run_name: str | None = None, tags: dict | None = None, params: dic
                     mlflow.set_tag("failure", failure[:4000])
                 with contextlib.suppress(Exception):
                     mlflow.end_run(status="FAILED")
-            if signum is not None and not isinstance(e, Terminated):
+            if surfaced:
                 raise Terminated(signum) from e
             raise
         else:
