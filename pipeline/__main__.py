@@ -90,10 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--runs", type=int, default=1,
                    help="nights to run: 1 = tonight; 3 = first dump, a second dump with changes, that dump again")
+    p.add_argument("--spark-cluster", action="store_true",
+                   help="run the Spark stages on a standalone master and two workers started on 127.0.0.1")
     _add_settings_arguments(p)
 
     p = sub.add_parser("config", help="print the resolved settings as JSON")
     _add_settings_arguments(p)
+
+    p = sub.add_parser("spark-cluster", help="run a Spark standalone master and workers on 127.0.0.1 until stopped")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cores", type=int, default=1, help="cores per worker")
+    p.add_argument("--memory", default="2g", help="memory per worker")
+    p.add_argument("--folder", help="the daemons' working directories and logs (default .state/spark-cluster)")
 
     p = sub.add_parser("spark-archive", help="write the JVM class archive that speeds up each Spark stage's start-up")
     p.add_argument("--out", help="where (default: spark.class_archive)")
@@ -155,11 +163,15 @@ def main(argv=None) -> int:
 
             result = demo.run_demo(
                 overrides=_overrides(args), images=args.images, categories=args.categories,
-                seed=args.seed, epochs=args.epochs, runs=args.runs,
+                seed=args.seed, epochs=args.epochs, runs=args.runs, spark_cluster=args.spark_cluster,
             )
             summary = {k: v for k, v in result.items() if k not in ("summaries", "night_outputs")}
         elif command == "config":
             summary = load_settings(_overrides(args)).to_dict()
+        elif command == "spark-cluster":
+            from pipeline import spark_cluster
+
+            return spark_cluster.main(args)
         elif command == "spark-archive":
             from pipeline.spark import build_archive
 

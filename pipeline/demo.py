@@ -97,8 +97,23 @@ def run_demo(
     epochs: int | None = None,
     logical_date: str | None = None,
     runs: int = 1,
+    spark_cluster: bool = False,
 ) -> dict:
-    """Run the DAG for each night of ``nights(runs)``; the last night's outputs, with a ``nights`` table."""
+    """Run the DAG for each night of ``nights(runs)``; the last night's outputs, with a ``nights`` table.
+
+    ``spark_cluster``: the Spark stages run on a standalone cluster (a master and two workers on
+    127.0.0.1, ``pipeline.spark_cluster``) started for the demo, instead of ``local[*]``.
+    """
+    if spark_cluster:
+        from pipeline.spark_cluster import StandaloneCluster
+
+        if "spark.master" in (overrides or {}):
+            raise ValueError("--spark-cluster starts its own cluster; drop --spark-master / spark.master")
+        folder = Path(load_settings(overrides).paths.state_dir).resolve() / "spark-cluster"
+        with StandaloneCluster(str(folder), workers=2) as cluster:
+            print(f"Spark standalone cluster at {cluster.master_url} (logs under {folder})", flush=True)
+            return run_demo({**(overrides or {}), "spark.master": cluster.master_url}, images, categories,
+                            seed, epochs, logical_date, runs)
     from pipeline.sample import dumps_server, server
 
     overrides = dict(overrides or {})

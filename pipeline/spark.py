@@ -10,11 +10,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.stages import PROJECT_ROOT
 
 LOG4J2 = Path(__file__).with_name("log4j2.properties").as_uri()
+# The packages executors import (stage code runs in their Python workers too).
+PACKAGES = ("pipeline", "spark_jobs", "training")
 
 
 def get_spark(settings: Settings, app: str):
@@ -23,7 +27,7 @@ def get_spark(settings: Settings, app: str):
     # Executors must run the same interpreter (and so the same venv) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    if settings.spark.master.startswith("local"):
+    if settings.spark.master.startswith(("local", "spark://127.0.0.1:", "spark://localhost:")):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # stay on loopback
     builder = (
         SparkSession.builder.appName(f"wiki-image-topics:{app}")
@@ -43,7 +47,55 @@ def get_spark(settings: Settings, app: str):
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if not settings.spark.master.startswith("local"):
+        ship_project(spark, settings.paths.state_dir)
     return spark
+
+
+# ------------------------------------------------------------ the project's code for executors
+
+
+def project_archive(out_dir: str) -> str:
+    """A zip of the project's packages, named by a hash of their files, built once per version.
+
+    Executors of a cluster do not have this checkout; the zip is what Spark ships to them
+    (``addPyFile``, the convention ``spark-submit --py-files`` follows). A zip with the same name is
+    the same code, so a second stage (or a concurrent one) reuses it.
+    """
+    files = sorted(
+        (p.relative_to(PROJECT_ROOT).as_posix(), p)
+        for pkg in PACKAGES for p in (PROJECT_ROOT / pkg).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    )
+    digest = hashlib.sha256()
+    for name, path in files:
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    os.makedirs(out_dir, exist_ok=True)
+    final = os.path.join(os.path.abspath(out_dir), f"wiki_image_topics-{digest.hexdigest()[:16]}.zip")
+    if not os.path.isfile(final):
+        fd, tmp = tempfile.mkstemp(suffix=".zip.tmp", dir=out_dir)
+        os.close(fd)
+        try:
+            # Fixed timestamps: the same sources give the same bytes.
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+                for name, path in files:
+                    z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), path.read_bytes(), zipfile.ZIP_DEFLATED)
+            os.replace(tmp, final)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return final
+
+
+def ship_project(spark, state_dir: str) -> str:
+    """Send the project's packages to the executors; the driver keeps importing from the checkout."""
+    archive = project_archive(os.path.join(state_dir, "spark-pyfiles"))
+    before = list(sys.path)
+    spark.sparkContext.addPyFile(archive)
+    # addPyFile also puts the zip on the driver's path, ahead of the checkout: modules imported
+    # later would come from the zip, where data files (taxonomies, log4j2.properties) are no paths.
+    sys.path[:] = before
+    return archive
 
 
 # ------------------------------------------------------------ class-data-sharing archive
