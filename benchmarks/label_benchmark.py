@@ -94,7 +94,7 @@ def run_oracle(layout, taxonomy, heuristics: str) -> tuple[dict, dict]:
             out[ids[start]] = tr.file_labels(cats[start:k])
             start = k
     t3 = time.perf_counter()
-    labeled_categories = sum(1 for v in tr._memo.values() if v)
+    labeled_categories = sum(1 for labels, _ in tr._memo.values() if labels)
     times = {"read_s": t1 - t0, "build_s": t2 - t1, "label_s": t3 - t2, "total_s": t3 - t0,
              "categories": n_categories, "category_edges": n_edges, "file_links": n_links, "files": n_files,
              "categories_memoised": len(tr._memo), "categories_memoised_labeled": labeled_categories}

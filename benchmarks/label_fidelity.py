@@ -73,14 +73,14 @@ def main(argv=None) -> None:
     traversal = Traversal.build(categories, edges, taxonomy, args.heuristics)
 
     queried: set[str] = set()
-    labels = traversal.labels
+    labels_and_hops = traversal.labels_and_hops
 
     def recording(title):
         if title not in traversal._memo and traversal.depth.get(title) is not None and title not in traversal.seeds:
             queried.add(title)
-        return labels(title)
+        return labels_and_hops(title)
 
-    traversal.labels = recording
+    traversal.labels_and_hops = recording
     for cats in files.values():
         traversal.file_labels(cats)
 

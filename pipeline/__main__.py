@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved settings as JSON")
     _add_settings_arguments(p)
 
+    p = sub.add_parser("label-quality", help="score labelers' file labels of a run against people's labels")
+    p.add_argument("--dev-labels", metavar="PATH",
+                   help="Parquet of people's labels (taxonomy_version, id, labels_human); default label.human_labels")
+    p.add_argument("--labelers", metavar="A,B", default="",
+                   help="labelers whose label stage ran for this dump (default: headJ+depth and label.heuristics)")
+    p.add_argument("--folds", type=int, default=5, help="disjoint parts of the files, for the spread of micro F1")
+    p.add_argument("--out", metavar="PATH", help="also write the scores here as JSON")
+    _add_settings_arguments(p)
+
     p = sub.add_parser("spark-cluster", help="run a Spark standalone master and workers on 127.0.0.1 until stopped")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cores", type=int, default=1, help="cores per worker")
@@ -142,6 +151,23 @@ def run_stage(command: str, settings, force: bool = False, started: float | None
     return summary
 
 
+def _label_quality(args) -> dict:
+    from pipeline import label_quality
+    from pipeline.spark import get_spark
+
+    settings = load_settings(_overrides(args))
+    human = args.dev_labels or settings.label.human_labels
+    if not human:
+        raise SystemExit("error: label-quality needs --dev-labels PATH (or label.human_labels / HUMAN_LABELS)")
+    labelers = [x.strip() for x in args.labelers.split(",") if x.strip()] or list(
+        dict.fromkeys([label_quality.BASELINE, settings.label.heuristics.strip()]))
+    result = label_quality.compare(get_spark(settings, "label-quality"), settings, human, labelers, args.folds)
+    print(label_quality.format_table(result), flush=True)
+    if args.out:
+        write_json(args.out, result)
+    return result
+
+
 def main(argv=None) -> int:
     die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -168,6 +194,8 @@ def main(argv=None) -> int:
             summary = {k: v for k, v in result.items() if k not in ("summaries", "night_outputs")}
         elif command == "config":
             summary = load_settings(_overrides(args)).to_dict()
+        elif command == "label-quality":
+            summary = _label_quality(args)
         elif command == "spark-cluster":
             from pipeline import spark_cluster
 

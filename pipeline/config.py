@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def _env(name: str, default, **kw):
-    return field(default=default, metadata={"env": name}, **kw)
+def _env(name: str, default, changes_outputs: bool = True, **kw):
+    """A setting read from environment variable ``name``; ``changes_outputs=False`` keeps it out of the
+    stages' fingerprints (``pipeline.lineage``): changing it reruns nothing."""
+    return field(default=default, metadata={"env": name, "changes_outputs": changes_outputs}, **kw)
 
 
 @dataclass
@@ -93,6 +95,9 @@ class LabelConfig:
     taxonomy: str = _env("TAXONOMY", "v1.3")
     heuristics: str = _env("HEURISTICS", "headJ+depth")
     root: str = _env("COMMONS_ROOT", "CommonsRoot")
+    # A table of people's labels (columns as ../shared/commons_realgraph/dev_human.parquet): the
+    # stage then logs how well its labels agree with them (pipeline.label_quality). Scoring only.
+    human_labels: str = _env("HUMAN_LABELS", "", changes_outputs=False)
 
 
 @dataclass

@@ -67,7 +67,10 @@ OUTPUTS = {
 def _setting(settings, key: str):
     section, _, name = key.partition(".")
     value = getattr(settings, section)
-    return dataclasses.asdict(value) if not name else getattr(value, name)
+    if name:
+        return getattr(value, name)
+    return {k: v for k, v in dataclasses.asdict(value).items()
+            if value.__dataclass_fields__[k].metadata.get("changes_outputs", True)}
 
 
 def taxonomy_sha256(taxonomy: str) -> str | None:

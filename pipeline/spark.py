@@ -16,7 +16,7 @@ from pathlib import Path
 from pipeline.config import Settings
 from pipeline.stages import PROJECT_ROOT
 
-LOG4J2 = Path(__file__).with_name("log4j2.properties").as_uri()
+LOG4J2 = Path(__file__).resolve().with_name("log4j2.properties").as_uri()
 # The packages executors import (stage code runs in their Python workers too).
 PACKAGES = ("pipeline", "spark_jobs", "training")
 

@@ -14,6 +14,14 @@ A category's labels (flat: a seed gives only its own labels):
     categories to query; the labels are the union of theirs, and the first
     heuristic that gives a non-empty set wins.
 
+The ``refined`` labeler proposes as ``headJ+depth`` does but keeps, at every
+category, only the labels of the nearest seeds: a category's hops are 0 at a
+seed and one more than its nearest labeled proposal otherwise, and its labels
+are those of the proposals at that distance (ties: their union). A category
+with one near parent and a far one no longer collects the far one's topics at
+every step up, so files get fewer, closer topics (``docs/benchmarks.md``: it
+agrees better with people than ``headJ+depth``).
+
 Almost every proposal has a strictly smaller depth or is a seed. The one
 exception is headJ's parent query for the heads Genera, Specimens,
 Antagonists and Births: the depth test applies to the category named by the
@@ -39,15 +47,30 @@ HEURISTICS = ("headJ", "lookahead", "depth")
 PARENT_HEADS = frozenset({"Genera", "Specimens", "Antagonists", "Births"})
 
 
+# Named labelers: the heuristics they propose with, and whether only the nearest seeds count.
+LABELERS = {"refined": (("headJ", "depth"), True)}
+
+
 def parse_heuristics(spec: str) -> list[str]:
     """'headJ+depth' -> ['headJ', 'depth']; an unknown name is a ValueError listing the valid ones."""
-    names = [h.strip() for h in str(spec).split("+")]
+    return parse_labeler(spec)[0]
+
+
+def parse_labeler(spec: str) -> tuple[list[str], bool]:
+    """A labeler spec -> (heuristics in order, nearest seeds only): 'headJ+depth' -> (['headJ', 'depth'],
+    False); 'refined' -> (['headJ', 'depth'], True). Unknown names are a ValueError listing the valid ones."""
+    spec = str(spec).strip()
+    if spec in LABELERS:
+        heuristics, nearest = LABELERS[spec]
+        return list(heuristics), nearest
+    names = [h.strip() for h in spec.split("+")]
     unknown = [h for h in names if h not in HEURISTICS]
     if unknown or not names:
         raise ValueError(
-            f"unknown heuristic(s) {unknown} in {spec!r}; valid: {', '.join(HEURISTICS)} (joined with '+')"
+            f"unknown heuristic(s) {unknown} in {spec!r}; valid: {', '.join(HEURISTICS)} (joined with '+'), "
+            f"or a labeler: {', '.join(LABELERS)}"
         )
-    return names
+    return names, False
 
 
 def shortened_matches(heads: list[str]) -> tuple[set[str], list[str]]:
@@ -84,7 +107,8 @@ class Traversal:
     seeds: dict[str, list[str]]  # seed title -> flat labels
     heuristics: list[str]
     head: Callable[[str], str] = traversal_head
-    _memo: dict[str, frozenset] = field(default_factory=dict, repr=False)
+    nearest: bool = False  # the refined labeler: only the nearest seeds' labels
+    _memo: dict[str, tuple[frozenset, int | None]] = field(default_factory=dict, repr=False)
     _heads: dict[str, str] = field(default_factory=dict, repr=False)
     _props: dict[str, list] = field(default_factory=dict, repr=False)
     _cyclic: dict[str, bool] = field(default_factory=dict, repr=False)
@@ -101,8 +125,8 @@ class Traversal:
             parents.setdefault(child, [])
             if parent not in parents[child]:
                 parents[child].append(parent)
-        hs = parse_heuristics(heuristics) if isinstance(heuristics, str) else list(heuristics)
-        return cls(depth, hidden, parents, taxonomy.seed_labels(hierarchical=False), hs, head)
+        hs, nearest = parse_labeler(heuristics) if isinstance(heuristics, str) else (list(heuristics), False)
+        return cls(depth, hidden, parents, taxonomy.seed_labels(hierarchical=False), hs, head, nearest)
 
     def get_head(self, title: str) -> str:
         if title not in self._heads:
@@ -164,24 +188,27 @@ class Traversal:
 
     def labels(self, title: str) -> frozenset:
         """Flat labels of one category."""
+        return self.labels_and_hops(title)[0]
+
+    def labels_and_hops(self, title: str) -> tuple[frozenset, int | None]:
+        """Flat labels of one category, and the proposal steps to its nearest labeled seed (None: no labels)."""
         if title in self._memo:
             return self._memo[title]
+        result: tuple[frozenset, int | None] = (frozenset(), None)
         if self._depth(title) is None:  # red link or not connected
-            result = frozenset()
+            pass
         elif title in self.seeds:
-            result = frozenset(self.seeds[title])
-        elif not self._walks_on(title):
-            result = frozenset()
-        else:
+            result = (frozenset(self.seeds[title]), 0)
+        elif self._walks_on(title):
             cyclic = self.leads_to_cycle(title)
-            result = frozenset()
             for targets in self._proposals(title):
-                found = set()
-                for nxt in targets:
-                    if not (cyclic and self.leads_to_cycle(nxt)):
-                        found |= self.labels(nxt)
+                found = [self.labels_and_hops(nxt) for nxt in targets if not (cyclic and self.leads_to_cycle(nxt))]
+                found = [(labels, hops) for labels, hops in found if labels]
                 if found:
-                    result = frozenset(found)
+                    hops = min(h for _, h in found)
+                    if self.nearest:
+                        found = [(labels, h) for labels, h in found if h == hops]
+                    result = (frozenset().union(*(labels for labels, _ in found)), hops + 1)
                     break
         self._memo[title] = result
         return result

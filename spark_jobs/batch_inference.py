@@ -2,7 +2,7 @@
 
 The model (an MLflow pyfunc; by default the registered model's `champion`
 alias, resolved once to one version; the DAG passes the version the gate left
-as champion) is downloaded once by the driver and shipped to executors with ``SparkContext.addFile``.
+as champion) is downloaded once by the driver and shipped to executors as a zip with ``SparkContext.addArchive``.
 It reads the run's image index (``Layout.image_index``); each task takes the
 images of some store shards, reads their bytes by offset, preprocesses them
 as training did (``pipeline.imaging.preprocess``, at the model's input size)
@@ -14,6 +14,8 @@ the output has one row per image of the WIT stage.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from pipeline.atomic import write_spark
 from pipeline.errors import StageError, require_input
@@ -98,9 +100,6 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
 
 
 def run(settings) -> dict:
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
     import mlflow
 
     layout = Layout.from_settings(settings)
@@ -109,10 +108,20 @@ def run(settings) -> dict:
     model_uri, version = resolve_model(settings)
 
     local_model = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None)
-    model_name = os.path.basename(local_model.rstrip("/"))
+    # Spark ships a directory only in local mode; an archive it ships and unpacks on every executor
+    # (SparkFiles.get(name) is the unpacked folder), in local mode and on a cluster alike.
+    with tempfile.TemporaryDirectory(prefix="infer-model-") as tmp:
+        model_zip = shutil.make_archive(os.path.join(tmp, f"model-{version or 'given'}"), "zip", root_dir=local_model)
+        return _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip)
 
+
+def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip) -> dict:
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    model_name = os.path.basename(model_zip)
     spark = get_spark(settings, STAGE)
-    spark.sparkContext.addFile(local_model, recursive=True)
+    spark.sparkContext.addArchive(model_zip)
     index = spark.read.parquet(index_path)
     stored = index.where(F.col("status") == "ok").select("image_key", "shard", "offset", "size")
     n_shards = stored.select("shard").distinct().count()

@@ -28,7 +28,7 @@ from pipeline.errors import StageError, require_input
 from pipeline.heads import NULL_HEADS, P_NUMBER, head_column
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
-from pipeline.traversal import PARENT_HEADS, parse_heuristics
+from pipeline.traversal import PARENT_HEADS, parse_heuristics, parse_labeler
 
 STAGE = "label"
 log = logging.getLogger(__name__)
@@ -199,12 +199,15 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
     """(title, depth, mask) for every category of depth_df; flat labels as a mask.
 
     ``counts``, when given, receives the number of rounds and of categories
-    whose proposals lead into a cycle.
+    whose proposals lead into a cycle. Each labeled category also carries its
+    hops to the nearest seed; the ``refined`` labeler keeps only the labels of
+    the proposals at the fewest hops.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     _check_size(taxonomy)
-    hs = parse_heuristics(heuristics) if isinstance(heuristics, str) else list(heuristics)
+    hs, nearest = parse_labeler(heuristics) if isinstance(heuristics, str) else (list(heuristics), False)
     seeds = spark.createDataFrame(list(_seed_masks(taxonomy).items()), "title string, seed_mask long")
     nodes = depth_df.select("title", F.coalesce(F.col("hidden"), F.lit(False)).alias("hidden"), "depth").dropDuplicates(["title"])
     cats = nodes.join(F.broadcast(seeds), "title", "left").withColumn("head", head_column(F.col("title"), spaced_hyphens=True))
@@ -221,7 +224,8 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
         cats.select(F.col("title").alias("child"), F.col("depth").alias("child_depth")), "child"
     ).localCheckpoint()
 
-    known = cats.where("status = 'seed' and depth is not null").select("title", F.col("seed_mask").alias("mask"))
+    known = cats.where("status = 'seed' and depth is not null").select(
+        "title", F.col("seed_mask").alias("mask"), F.lit(0).alias("hops"))
     known = known.localCheckpoint()
     unresolved = cats.where("status = 'pending'").select("title").localCheckpoint()
     # proposals to categories that are themselves still to be labeled
@@ -230,12 +234,17 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
 
     def resolve(children):
         """Labels of these categories from the labels known so far (unknown targets give nothing)."""
-        return (
+        found = (
             props.join(children.select(F.col("title").alias("child")), "child")
-            .join(known.select(F.col("title").alias("target"), "mask"), "target")
-            .groupBy("child", "rank").agg(F.expr("bit_or(mask)").alias("mask"))
-            .groupBy("child").agg(F.min_by("mask", "rank").alias("mask"))
-            .select(F.col("child").alias("title"), "mask")
+            .join(known.select(F.col("title").alias("target"), "mask", "hops"), "target")
+        )
+        if nearest:
+            found = (found.withColumn("nearest", F.min("hops").over(Window.partitionBy("child", "rank")))
+                     .where("hops = nearest"))
+        return (
+            found.groupBy("child", "rank").agg(F.expr("bit_or(mask)").alias("mask"), (F.min("hops") + 1).alias("hops"))
+            .groupBy("child").agg(F.min_by(F.struct("mask", "hops"), "rank").alias("best"))
+            .select(F.col("child").alias("title"), "best.mask", "best.hops")
         )
 
     # Rounds: label every category whose proposals are all labeled already.
@@ -267,7 +276,7 @@ def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, 
     """Labels of every category: ``title, depth, labels, labels_hier`` (taxonomy order).
 
     ``depth_df`` needs ``title, hidden, depth``; ``edges_df`` ``child, parent``;
-    ``heuristics`` is e.g. ``"headJ+depth"`` or a list of names; ``counts``
+    ``heuristics`` is e.g. ``"headJ+depth"``, ``"refined"`` or a list of names; ``counts``
     (optional) receives ``rounds`` and ``categories_leading_into_cycles``.
     """
     masks = _category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts)
@@ -380,7 +389,8 @@ def run(settings: Settings) -> dict:
 
     layout = Layout.from_settings(settings)
     taxonomy = Taxonomy.load(settings.label.taxonomy)
-    heuristics = parse_heuristics(settings.label.heuristics)
+    heuristics = settings.label.heuristics.strip()
+    parse_heuristics(heuristics)  # an unknown name fails here, before Spark starts
     spark = get_spark(settings, STAGE)
     depth_df = _read(spark, layout.category_depth, DEPTH_COLUMNS, "graph/category_depth")
     edges_df = _read(spark, layout.ingest("category_edges"), EDGE_COLUMNS, "ingest/category_edges")
@@ -405,7 +415,7 @@ def run(settings: Settings) -> dict:
 
     stats = {
         "taxonomy": taxonomy.version,
-        "heuristics": "+".join(heuristics),
+        "heuristics": heuristics,
         "labels": taxonomy.names,
         "flat": label_stats(files, taxonomy, "labels"),
         "hierarchical": label_stats(files, taxonomy, "labels_hier"),
@@ -414,6 +424,13 @@ def run(settings: Settings) -> dict:
         **counts,
         "missing_seeds": missing,
     }
+    agreement = None
+    if settings.label.human_labels:
+        from pipeline import label_quality
+
+        human = label_quality.read_human_labels(settings.label.human_labels, taxonomy)
+        agreement = label_quality.score(label_quality.run_file_labels(spark, file_path, human), human, taxonomy)
+        stats["human_agreement"] = {"human_labels": settings.label.human_labels, **agreement}
     stats_path = write_json(layout.labels("stats.json"), stats)
     return {
         "stage": STAGE,
@@ -426,4 +443,6 @@ def run(settings: Settings) -> dict:
         "files_unlabeled_share": stats["flat"]["unlabeled_share"],
         "categories_leading_into_cycles": counts["categories_leading_into_cycles"],
         "missing_seeds": missing,
+        # logged as MLflow metrics with the stage's run (per topic: in stats.json)
+        **({"human_agreement": {k: v for k, v in agreement.items() if k != "per_topic"}} if agreement else {}),
     }

@@ -88,7 +88,11 @@ from pipeline.config import load_settings
 from pipeline.spark import get_spark
 spark = get_spark(load_settings({{"spark.master": {cluster.master_url!r}, "paths.state_dir": {str(tmp_path)!r}}}), "probe")
 def where(_):
-    import socket, pipeline, spark_jobs, training
+    import importlib, pkgutil, pipeline, spark_jobs, training
+    # every module loads from the zip (import-time code must not assume a folder on disk)
+    for pkg in (pipeline, spark_jobs, training):
+        for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            importlib.import_module(m.name)
     yield json.dumps({{"pipeline": pipeline.__file__, "cwd": os.getcwd(), "path": sys.path,
                        "executor": os.environ.get("SPARK_EXECUTOR_ID", "?")}})
 print(json.dumps(spark.sparkContext.parallelize(range(8), 8).mapPartitions(where).collect()))

@@ -67,7 +67,7 @@ def spark_vs_oracle(spark, cats, edges, heuristics):
     return got, want
 
 
-@pytest.mark.parametrize("heuristics", ["depth", "headJ+depth", "headJ+lookahead+depth"])
+@pytest.mark.parametrize("heuristics", ["depth", "headJ+depth", "headJ+lookahead+depth", "refined"])
 @hsettings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(graph=graphs())
 def test_random_graphs_match_the_oracle(spark, heuristics, graph):
@@ -85,6 +85,26 @@ def test_handmade_graph_labels(spark):
     assert got == want
     assert got["Churches in Belgium"] == (["Architecture"], ["Places", "Architecture"])
     assert got["Plantae"] == ([], [])  # a seed with no depth gives nothing
+
+
+def test_refined_keeps_only_the_nearest_seeds(spark):
+    """No head repeats here, so the depth heuristic proposes both parents: headJ+depth takes a near
+    seed's topic and a far one's, refined only the near one; equally near seeds both count."""
+    cats = [("Lunar tables", False, 8), ("Astronomical diagrams", False, 7), ("Diagrams", False, 6),
+            ("Moon", False, 7), ("Astrology", False, 6), ("Belief", False, 5),
+            ("Tide tables", False, 8), ("Maps", False, 6), ("Sea charts", False, 8), ("Transport", False, 6)]
+    edges = [("Lunar tables", "Astronomical diagrams"), ("Astronomical diagrams", "Diagrams"),
+             ("Lunar tables", "Moon"), ("Moon", "Astrology"), ("Astrology", "Belief"),
+             ("Tide tables", "Astronomical diagrams"), ("Tide tables", "Maps"),
+             ("Sea charts", "Maps"), ("Sea charts", "Transport"), ("Sea charts", "Moon")]
+    got, want = spark_vs_oracle(spark, cats, edges, "refined")
+    assert got == want
+    classic, _ = spark_vs_oracle(spark, cats, edges, "headJ+depth")
+    assert classic["Lunar tables"][0] == ["Diagrams", "Belief"]
+    assert got["Lunar tables"][0] == ["Diagrams"]  # Diagrams 2 steps up, Belief 3
+    assert got["Tide tables"][0] == ["Maps & Flags"]  # Maps 1 step, Diagrams 2
+    assert got["Sea charts"][0] == ["Maps & Flags", "Transportation"]  # both 1 step; Belief 3
+    assert got["Moon"] == classic["Moon"] == (["Belief"], ["Culture", "Belief"])
 
 
 def test_parent_queries_deeper_and_in_cycles(spark):
@@ -112,7 +132,7 @@ def test_parent_queries_deeper_and_in_cycles(spark):
 
 def test_unknown_heuristic(spark):
     df = spark.createDataFrame([("A", False, 1)], "title string, hidden boolean, depth int")
-    with pytest.raises(ValueError, match="valid: headJ, lookahead, depth"):
+    with pytest.raises(ValueError, match="valid: headJ, lookahead, depth .* or a labeler: refined"):
         label_topics.label_categories(spark, df, df.selectExpr("title as child", "title as parent"), TAX, "headX")
 
 
@@ -174,7 +194,7 @@ def sample_tables(spark, tmp_path_factory):
              ("links", layout.ingest("file_links"))]}
 
 
-@pytest.mark.parametrize("heuristics", ["depth", "headJ+depth", "headJ+lookahead+depth"])
+@pytest.mark.parametrize("heuristics", ["depth", "headJ+depth", "headJ+lookahead+depth", "refined"])
 def test_sample_spark_equals_oracle(spark, sample_tables, heuristics):
     """On the bundled sample (real dump format, realistic names): every category's and file's labels."""
     (depth_path, depth), (edges_path, edges), (links_path, links) = (

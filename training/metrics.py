@@ -39,7 +39,7 @@ def macro_average_precision(y_true, probs) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def _prf(tp, fp, fn):
+def prf(tp, fp, fn):
     p = np.divide(tp, tp + fp, out=np.zeros_like(tp, dtype="float64"), where=(tp + fp) > 0)
     r = np.divide(tp, tp + fn, out=np.zeros_like(tp, dtype="float64"), where=(tp + fn) > 0)
     f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp, dtype="float64"), where=(p + r) > 0)
@@ -58,8 +58,8 @@ def counts(y_true, y_pred):
 def prf_summary(y_true, y_pred) -> dict:
     """Micro and macro precision/recall/F1 (zero when undefined, like sklearn's zero_division=0)."""
     tp, fp, fn = counts(y_true, y_pred)
-    p, r, f = _prf(tp, fp, fn)
-    mp, mr, mf = _prf(np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()]))
+    p, r, f = prf(tp, fp, fn)
+    mp, mr, mf = prf(np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()]))
     return {
         "precision_micro": float(mp[0]),
         "recall_micro": float(mr[0]),
@@ -124,7 +124,7 @@ def per_label_table(y_true, probs, thresholds, names):
     }
     for at, cut in (("at05", np.float32(0.5)), ("atthr", thr)):
         tp, fp, fn = counts(y, p >= cut)
-        pr, rc, f1 = _prf(tp, fp, fn)
+        pr, rc, f1 = prf(tp, fp, fn)
         rows[f"precision_{at}"], rows[f"recall_{at}"], rows[f"f1_{at}"] = pr, rc, f1
     return pd.DataFrame(rows)
 
