@@ -17,7 +17,7 @@ import math
 import pandas as pd
 
 SECTIONS = ("summary", "dataset", "distribution", "quality", "frequency", "pr-curves", "cooccurrence",
-            "examples", "missed", "articles", "changes", "downloads")
+            "examples", "missed", "articles", "changes", "labeler", "downloads")
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -229,6 +229,23 @@ def _comparison(comparison: pd.DataFrame | None) -> str:
             + table(comparison.round(4)))
 
 
+def _labeler_section(changes: dict | None, heuristics: str) -> str:
+    head = '<section id="labeler"><h2>11. What the labeler changed against headJ+depth</h2>'
+    if not changes:
+        why = ("This run used headJ+depth." if heuristics.strip() == "headJ+depth" else
+               "No headJ+depth labels of this dump in the data lake to compare with "
+               "(python -m pipeline label --heuristics headJ+depth writes them).")
+        return head + f'<p class="none">{html.escape(why)}</p></section>'
+    per_label = changes["per_label"]
+    return (head + f"<p>{html.escape(changes['labeler'])} against {html.escape(changes['baseline'])} on the same "
+            f"dump, every file of the graph ({changes['files']:,}): {changes['files_changed']:,} files got other "
+            f"topics; topics per file {changes['topics_per_file_before']:.2f} &rarr; "
+            f"{changes['topics_per_file_after']:.2f}; files with a topic {changes['files_labeled_before']:,} &rarr; "
+            f"{changes['files_labeled_after']:,}. Per topic (hierarchical), files before and after, and files that "
+            "gained or lost it:</p>" + table(per_label[(per_label[["gained", "lost"]].sum(axis=1) > 0)])
+            + "</section>")
+
+
 def build(run, parts: dict, store_root: str) -> tuple[str, dict[str, bytes]]:
     """(the HTML page, {figure name: PNG bytes}) from the study's tables in ``parts``."""
     figs: dict[str, bytes] = {}
@@ -344,7 +361,8 @@ def build(run, parts: dict, store_root: str) -> tuple[str, dict[str, bytes]]:
         out.append('<section id="changes"><h2>10. What changed since the previous dump</h2><p class="none">'
                    "This is the first run of this taxonomy and heuristics in the data lake.</p></section>")
 
-    out.append('<section id="downloads"><h2>11. Downloads and splits</h2>'
+    out.append(_labeler_section(parts.get("labelers"), run.layout.heuristics))
+    out.append('<section id="downloads"><h2>12. Downloads and splits</h2>'
                + table(parts["statuses"]) + table(parts["splits"]) + "</section>")
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'

@@ -7,7 +7,8 @@ on the full 3.9M images. The tables follow the master thesis behind the product
 (``label_distribution``), Table 5.1 (``label_quality`` + ``quality_summary``),
 Figure 5.2 (``frequency_vs_auc``), Figure 5.3 (``pr_curves``), Figures 5.4 to
 5.10 (``examples``), plus ``cooccurrence``, ``missed_by_graph``,
-``topics_per_article`` and ``compare_runs`` (what changed since the previous dump).
+``topics_per_article``, ``compare_runs`` (what changed since the previous dump) and
+``compare_labelers`` (what a labeler such as ``refined`` changed against ``headJ+depth``).
 
 In a notebook::
 
@@ -500,3 +501,53 @@ def model_comparison(settings, run: Run) -> pd.DataFrame | None:
 
 def finite(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+# ---------------------------------------------------------------- labeler against labeler
+
+
+def baseline_layout(layout: Layout, baseline: str = "headJ+depth") -> Layout | None:
+    """The same dump and taxonomy labeled by ``baseline``, when this run used another labeler and the
+    baseline's file labels are in the lake."""
+    if layout.heuristics.strip() == baseline:
+        return None
+    other = dataclasses.replace(layout, heuristics=baseline)
+    return other if exists(other.labels("file_labels")) else None
+
+
+def compare_labelers(spark, layout: Layout, baseline: Layout, taxonomy: Taxonomy) -> dict:
+    """What this run's labeler changed against ``baseline``'s on the same dump: per topic, files that
+    gained or lost it (hierarchical labels), files whose labels changed, topics per file in each."""
+    from pyspark.sql import functions as F
+
+    def file_labels(lay: Layout, name: str):
+        return spark.read.parquet(lay.labels("file_labels")).select("file_id", F.col("labels_hier").alias(name))
+
+    both = file_labels(baseline, "old").join(file_labels(layout, "new"), "file_id", "full_outer")
+    empty = F.array().cast("array<string>")
+    both = both.select(F.coalesce("old", empty).alias("old"), F.coalesce("new", empty).alias("new"))
+    gained = {r["label"]: r["count"] for r in both.select(F.explode(F.array_except("new", "old")).alias("label"))
+              .groupBy("label").count().collect()}
+    lost = {r["label"]: r["count"] for r in both.select(F.explode(F.array_except("old", "new")).alias("label"))
+            .groupBy("label").count().collect()}
+    before = label_counts(both, "old", taxonomy.names)
+    after = label_counts(both, "new", taxonomy.names)
+    per_label = pd.DataFrame({"label": taxonomy.names})
+    per_label["files_before"] = per_label["label"].map(before).astype(int)
+    per_label["files_after"] = per_label["label"].map(after).astype(int)
+    per_label["gained"] = per_label["label"].map(gained).fillna(0).astype(int)
+    per_label["lost"] = per_label["label"].map(lost).fillna(0).astype(int)
+    row = both.agg(
+        F.count(F.lit(1)).alias("files"),
+        F.sum((F.size(F.array_except("new", "old")) + F.size(F.array_except("old", "new")) > 0).cast("int")).alias("changed"),
+        F.avg(F.size("old")).alias("before"), F.avg(F.size("new")).alias("after"),
+        F.sum((F.size("old") > 0).cast("int")).alias("labeled_before"),
+        F.sum((F.size("new") > 0).cast("int")).alias("labeled_after"),
+    ).first()
+    return {
+        "labeler": layout.heuristics, "baseline": baseline.heuristics, "files": int(row["files"] or 0),
+        "files_changed": int(row["changed"] or 0),
+        "topics_per_file_before": float(row["before"] or 0.0), "topics_per_file_after": float(row["after"] or 0.0),
+        "files_labeled_before": int(row["labeled_before"] or 0), "files_labeled_after": int(row["labeled_after"] or 0),
+        "per_label": per_label,
+    }

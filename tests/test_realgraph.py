@@ -5,6 +5,9 @@ reproduce the original labels of the 155 dev files."""
 
 from __future__ import annotations
 
+import dataclasses
+import html
+import json
 import warnings
 from pathlib import Path
 
@@ -43,7 +46,10 @@ def real(spark, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("error", label_topics.MissingSeedsWarning)  # all v1.3 seeds are in this graph
         labels = label_topics.run(s)
-    return {"settings": s, "ingest": ingested, "graph": graph, "label": labels}
+    refined = dataclasses.replace(s, label=dataclasses.replace(
+        s.label, heuristics="refined", human_labels=str(REAL / "dev_human.parquet")))
+    return {"settings": s, "ingest": ingested, "graph": graph, "label": labels,
+            "refined_settings": refined, "refined": label_topics.run(refined)}
 
 
 @pytest.fixture(scope="module")
@@ -119,19 +125,37 @@ def test_depths_equal_a_python_bfs_over_the_parsed_dumps(real, parsed):
 # ------------------------------------------------------------------ label
 
 
-def test_labels_equal_the_oracle(real):
-    s, summary = real["settings"], real["label"]
+@pytest.mark.parametrize("labeler", ["headJ+depth", "refined"])
+def test_labels_equal_the_oracle(real, labeler):
+    s, summary = real["settings"], real["label" if labeler == "headJ+depth" else "refined"]
     assert summary["categories_leading_into_cycles"] == 0  # the Births rule closes no cycle in the real subgraph
     layout = Layout.from_settings(s)
     depth = pd.read_parquet(layout.category_depth)
     edges = pd.read_parquet(layout.ingest("category_edges"))
     oracle = Traversal.build(
         [(t, bool(h), None if pd.isna(d) else int(d)) for t, h, d in zip(depth.title, depth.hidden, depth.depth)],
-        zip(edges.child, edges.parent), TAX, "headJ+depth")
+        zip(edges.child, edges.parent), TAX, labeler)
     cats = pd.read_parquet(summary["category_labels"])
     assert len(cats) == len(depth)
     diff = [t for t, l in zip(cats.title, cats.labels) if list(l) != [n for n in TAX.names if n in oracle.labels(t)]]
     assert diff == []
+
+
+def test_label_stage_scores_itself_against_people(real):
+    """With label.human_labels set, the stage's summary (its MLflow metrics) says how well it agrees
+    with people; the figures are label-quality's (tests/test_label_quality.py checks them)."""
+    got = real["refined"]["human_agreement"]
+    assert got["files"] == 239 and got["files_missing_from_run"] == 0
+    assert got["f1_micro"] == pytest.approx(0.545, abs=0.002) and "per_topic" not in got
+    stats = json.loads(Path(real["refined"]["stats"]).read_text())
+    assert stats["human_agreement"]["per_topic"]["Diagrams"]["support"] == 32
+    assert "human_agreement" not in real["label"]  # not configured: nothing scored
+    # scoring changes no output: the setting is not part of the stage's fingerprint
+    from pipeline import lineage
+
+    plain = dataclasses.replace(real["refined_settings"], label=dataclasses.replace(
+        real["refined_settings"].label, human_labels=""))
+    assert lineage.inputs(plain, "label") == lineage.inputs(real["refined_settings"], "label")
 
 
 def test_labels_reproduce_the_original_ones(real, report_metric, record_property):
@@ -149,3 +173,36 @@ def test_labels_reproduce_the_original_ones(real, report_metric, record_property
     report_metric("label: files with exactly the original headJ+depth labels (real subgraph, v1.3)",
                   f"{exact}/{len(dev)} = {exact / len(dev):.3f}")
     assert exact / len(dev) >= 0.93  # 145/155 measured
+
+
+def test_study_shows_what_refined_changed_against_headj_depth(real, spark):
+    """The report's labeler section, on the two labelings of the real subgraph, equals a plain
+    pandas count over the two file_labels tables."""
+    from pipeline import report, study
+
+    layout = Layout.from_settings(real["refined_settings"])
+    baseline = study.baseline_layout(layout)
+    assert baseline is not None and baseline.heuristics == "headJ+depth"
+    assert study.baseline_layout(Layout.from_settings(real["settings"])) is None  # headJ+depth itself
+    got = study.compare_labelers(spark, layout, baseline, TAX)
+
+    old = pd.read_parquet(baseline.labels("file_labels")).set_index("file_id").labels_hier.map(set)
+    new = pd.read_parquet(layout.labels("file_labels")).set_index("file_id").labels_hier.map(set)
+    assert set(old.index) == set(new.index)
+    new = new.loc[old.index]
+    assert got["files"] == len(old)
+    assert got["files_changed"] == sum(a != b for a, b in zip(old, new)) > 0
+    assert got["topics_per_file_before"] == pytest.approx(old.map(len).mean())
+    assert got["topics_per_file_after"] == pytest.approx(new.map(len).mean())
+    assert got["topics_per_file_after"] < got["topics_per_file_before"]
+    per = got["per_label"].set_index("label")
+    for name in TAX.names:
+        assert per.loc[name, "gained"] == sum(name in b and name not in a for a, b in zip(old, new)), name
+        assert per.loc[name, "lost"] == sum(name in a and name not in b for a, b in zip(old, new)), name
+        assert per.loc[name, "files_after"] == sum(name in b for b in new), name
+    html_text = report._labeler_section(got, "refined")
+    assert f"{got['files_changed']:,} files got other topics" in html_text
+    changed = per[(per.gained + per.lost) > 0].index
+    assert 0 < len(changed) < len(TAX.names) and all(f'<td class="">{html.escape(n)}</td>' in html_text for n in changed)
+    assert all(f'<td class="">{html.escape(n)}</td>' not in html_text for n in TAX.names if n not in changed)
+    assert "This run used headJ+depth" in report._labeler_section(None, "headJ+depth")
