@@ -20,11 +20,11 @@ import pandas as pd
 
 from pipeline.errors import StageError, require_input
 from pipeline.taxonomy import Taxonomy
+from pipeline.traversal import BASELINE
 from training.metrics import counts, prf, prf_summary
 
 STAGE = "label-quality"
 HUMAN_COLUMNS = ("id", "labels_human")
-BASELINE = "headJ+depth"
 
 
 def read_human_labels(path: str, taxonomy: Taxonomy) -> pd.DataFrame:

@@ -16,6 +16,8 @@ import math
 
 import pandas as pd
 
+from pipeline.traversal import BASELINE
+
 SECTIONS = ("summary", "dataset", "distribution", "quality", "frequency", "pr-curves", "cooccurrence",
             "examples", "missed", "articles", "changes", "labeler", "downloads")
 CSS = """
@@ -232,7 +234,7 @@ def _comparison(comparison: pd.DataFrame | None) -> str:
 def _labeler_section(changes: dict | None, heuristics: str) -> str:
     head = '<section id="labeler"><h2>11. What the labeler changed against headJ+depth</h2>'
     if not changes:
-        why = ("This run used headJ+depth." if heuristics.strip() == "headJ+depth" else
+        why = (f"This run used {BASELINE}." if heuristics.strip() == BASELINE else
                "No headJ+depth labels of this dump in the data lake to compare with "
                "(python -m pipeline label --heuristics headJ+depth writes them).")
         return head + f'<p class="none">{html.escape(why)}</p></section>'

@@ -33,6 +33,7 @@ from pipeline.atomic import exists, read_json
 from pipeline.errors import require_input
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy, slug
+from pipeline.traversal import BASELINE
 
 TOP_K = 5
 STAGE = "report"
@@ -506,7 +507,7 @@ def finite(x) -> float | None:
 # ---------------------------------------------------------------- labeler against labeler
 
 
-def baseline_layout(layout: Layout, baseline: str = "headJ+depth") -> Layout | None:
+def baseline_layout(layout: Layout, baseline: str = BASELINE) -> Layout | None:
     """The same dump and taxonomy labeled by ``baseline``, when this run used another labeler and the
     baseline's file labels are in the lake."""
     if layout.heuristics.strip() == baseline:

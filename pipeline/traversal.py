@@ -47,6 +47,8 @@ HEURISTICS = ("headJ", "lookahead", "depth")
 PARENT_HEADS = frozenset({"Genera", "Specimens", "Antagonists", "Births"})
 
 
+# The published traversal every other labeler is compared with.
+BASELINE = "headJ+depth"
 # Named labelers: the heuristics they propose with, and whether only the nearest seeds count.
 LABELERS = {"refined": (("headJ", "depth"), True)}
 
