@@ -86,7 +86,12 @@ def test_executors_import_the_shipped_project_not_the_checkout(cluster, tmp_path
 import json, os, sys
 from pipeline.config import load_settings
 from pipeline.spark import get_spark
+import time
 spark = get_spark(load_settings({{"spark.master": {cluster.master_url!r}, "paths.state_dir": {str(tmp_path)!r}}}), "probe")
+deadline = time.monotonic() + 120
+# the driver and both executors (standalone mode schedules as soon as the first executor is up)
+while spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() < 3 and time.monotonic() < deadline:
+    time.sleep(0.2)
 def where(_):
     import importlib, pkgutil, pipeline, spark_jobs, training
     # every module loads from the zip (import-time code must not assume a folder on disk)
