@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import warnings
 
+from pipeline import label_quality
 from pipeline.atomic import write_json, write_spark
 from pipeline.config import Settings
 from pipeline.errors import StageError, require_input
@@ -391,6 +392,9 @@ def run(settings: Settings) -> dict:
     taxonomy = Taxonomy.load(settings.label.taxonomy)
     heuristics = settings.label.heuristics.strip()
     parse_heuristics(heuristics)  # an unknown name fails here, before Spark starts
+    human = None
+    if settings.label.human_labels:  # a bad table fails here too, before any output is replaced
+        human = label_quality.read_human_labels(settings.label.human_labels, taxonomy)
     spark = get_spark(settings, STAGE)
     depth_df = _read(spark, layout.category_depth, DEPTH_COLUMNS, "graph/category_depth")
     edges_df = _read(spark, layout.ingest("category_edges"), EDGE_COLUMNS, "ingest/category_edges")
@@ -425,10 +429,7 @@ def run(settings: Settings) -> dict:
         "missing_seeds": missing,
     }
     agreement = None
-    if settings.label.human_labels:
-        from pipeline import label_quality
-
-        human = label_quality.read_human_labels(settings.label.human_labels, taxonomy)
+    if human is not None:
         agreement = label_quality.score(label_quality.run_file_labels(spark, file_path, human), human, taxonomy)
         stats["human_agreement"] = {"human_labels": settings.label.human_labels, **agreement}
     stats_path = write_json(layout.labels("stats.json"), stats)

@@ -223,3 +223,14 @@ def test_sample_spark_equals_oracle(spark, sample_tables, heuristics):
     assert sum(bool(v[0]) for v in want_files.values()) > len(want_files) / 2
     if "headJ" in heuristics:  # and the head rule fires on the sample's names
         assert sum(bool(oracle.propose("headJ", t)) for t, _, d in cats if d is not None) >= 10
+
+
+def test_a_bad_table_of_people_labels_fails_before_any_output(tmp_path):
+    """label.human_labels is read first: a table without labels_human stops the stage before Spark
+    replaces anything, naming the file."""
+    bad = tmp_path / "people.parquet"
+    pd.DataFrame({"id": [1]}).to_parquet(bad)
+    with pytest.raises(StageError) as e:
+        label_topics.run(settings_for(tmp_path, **{"label.human_labels": str(bad)}))
+    assert e.value.path == str(bad) and "labels_human" in e.value.message
+    assert not (tmp_path / "20220220").exists()
