@@ -206,3 +206,24 @@ def test_study_shows_what_refined_changed_against_headj_depth(real, spark):
     assert 0 < len(changed) < len(TAX.names) and all(f'<td class="">{html.escape(n)}</td>' in html_text for n in changed)
     assert all(f'<td class="">{html.escape(n)}</td>' not in html_text for n in TAX.names if n not in changed)
     assert "This run used headJ+depth" in report._labeler_section(None, "headJ+depth")
+
+
+def test_label_quality_command_scores_both_labelers(real, spark, tmp_path, capsys):
+    """`python -m pipeline label-quality` on the real subgraph's lake: both labelers side by side,
+    the same figures as the label stage logged, and a clear error for a labeler that never ran."""
+    from pipeline.__main__ import main
+
+    s = real["settings"]
+    args = ["label-quality", "--data-root", s.paths.data_root, "--dumps-dir", s.paths.dumps_dir,
+            "--state-dir", s.paths.state_dir, "--dump-date", DATE, "--heuristics", "refined",
+            "--dev-labels", str(REAL / "dev_human.parquet")]
+    assert main([*args, "--out", str(tmp_path / "q.json")]) == 0
+    out = capsys.readouterr().out
+    assert "headJ+depth" in out and "refined" in out and "F1 per topic" in out
+    result = json.loads((tmp_path / "q.json").read_text())
+    assert list(result["labelers"]) == ["headJ+depth", "refined"]
+    refined = result["labelers"]["refined"]
+    assert refined["f1_micro"] == pytest.approx(real["refined"]["human_agreement"]["f1_micro"])
+    assert refined["folds"] == 5 and len(refined["f1_micro_gain_over_baseline_per_fold"]) == 5
+    assert main([*args, "--labelers", "depth"]) == 2  # never labeled with depth: a StageError, exit 2
+    assert "run the label stage with this labeler first" in capsys.readouterr().out
