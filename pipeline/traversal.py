@@ -196,10 +196,8 @@ class Traversal:
         """Flat labels of one category, and the proposal steps to its nearest labeled seed (None: no labels)."""
         if title in self._memo:
             return self._memo[title]
-        result: tuple[frozenset, int | None] = (frozenset(), None)
-        if self._depth(title) is None:  # red link or not connected
-            pass
-        elif title in self.seeds:
+        result: tuple[frozenset, int | None] = (frozenset(), None)  # red link, unconnected, hidden, ...
+        if title in self.seeds and self._depth(title) is not None:
             result = (frozenset(self.seeds[title]), 0)
         elif self._walks_on(title):
             cyclic = self.leads_to_cycle(title)
