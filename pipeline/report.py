@@ -232,11 +232,11 @@ def _comparison(comparison: pd.DataFrame | None) -> str:
 
 
 def _labeler_section(changes: dict | None, heuristics: str) -> str:
-    head = '<section id="labeler"><h2>11. What the labeler changed against headJ+depth</h2>'
+    head = f'<section id="labeler"><h2>11. What the labeler changed against {BASELINE}</h2>'
     if not changes:
         why = (f"This run used {BASELINE}." if heuristics.strip() == BASELINE else
-               "No headJ+depth labels of this dump in the data lake to compare with "
-               "(python -m pipeline label --heuristics headJ+depth writes them).")
+               f"No {BASELINE} labels of this dump in the data lake to compare with "
+               f"(python -m pipeline label --heuristics {BASELINE} writes them).")
         return head + f'<p class="none">{html.escape(why)}</p></section>'
     per_label = changes["per_label"]
     return (head + f"<p>{html.escape(changes['labeler'])} against {html.escape(changes['baseline'])} on the same "

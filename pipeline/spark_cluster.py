@@ -10,11 +10,9 @@ driver ships the project's code, ``pipeline.spark.ship_project``). The daemons a
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -446,6 +446,26 @@ def previous_dump(settings) -> str | None:
     return max(dates) if dates else None
 
 
+def labels_changed(old: str = "old", new: str = "new"):
+    """Whether two label arrays differ as sets (a Column)."""
+    from pyspark.sql import functions as F
+
+    return (F.size(F.array_except(new, old)) + F.size(F.array_except(old, new))) > 0
+
+
+def gained_and_lost(both, names: list[str]) -> pd.DataFrame:
+    """Per label, the rows of ``both`` (arrays ``old``, ``new``) that gained it and that lost it."""
+    from pyspark.sql import functions as F
+
+    def per_label(a: str, b: str) -> dict:
+        rows = both.select(F.explode(F.array_except(a, b)).alias("label")).groupBy("label").count().collect()
+        return {r["label"]: int(r["count"]) for r in rows}
+
+    gained, lost = per_label("new", "old"), per_label("old", "new")
+    return pd.DataFrame({"label": names, "gained": [gained.get(n, 0) for n in names],
+                         "lost": [lost.get(n, 0) for n in names]})
+
+
 def compare_runs(previous: Run, current: Run, examples: int = 10) -> dict:
     """What changed since the previous dump: per label, images that gained or lost it (graph labels;
     added and dropped images included), images added and dropped, images whose labels changed
@@ -460,13 +480,8 @@ def compare_runs(previous: Run, current: Run, examples: int = 10) -> dict:
     both = both.select("image_key", "file_title", F.coalesce("old", empty).alias("old"),
                        F.coalesce("new", empty).alias("new"),
                        F.col("old").isNull().alias("added"), F.col("new").isNull().alias("dropped"))
-    gained = both.select(F.explode(F.array_except("new", "old")).alias("label")).groupBy("label").count().toPandas()
-    lost = both.select(F.explode(F.array_except("old", "new")).alias("label")).groupBy("label").count().toPandas()
-    per_label = pd.DataFrame({"label": current.names})
-    per_label["gained"] = per_label["label"].map(dict(zip(gained["label"], gained["count"]))).fillna(0).astype(int)
-    per_label["lost"] = per_label["label"].map(dict(zip(lost["label"], lost["count"]))).fillna(0).astype(int)
-    changed = both.where(~F.col("added") & ~F.col("dropped") &
-                         (F.size(F.array_except("new", "old")) + F.size(F.array_except("old", "new")) > 0))
+    per_label = gained_and_lost(both, current.names)
+    changed = both.where(~F.col("added") & ~F.col("dropped") & labels_changed())
     counts = both.agg(F.sum(F.col("added").cast("int")).alias("added"),
                       F.sum(F.col("dropped").cast("int")).alias("dropped")).first()
     sample = changed.orderBy("image_key").limit(examples).toPandas()
@@ -527,20 +542,15 @@ def compare_labelers(spark, layout: Layout, baseline: Layout, taxonomy: Taxonomy
     both = file_labels(baseline, "old").join(file_labels(layout, "new"), "file_id", "full_outer")
     empty = F.array().cast("array<string>")
     both = both.select(F.coalesce("old", empty).alias("old"), F.coalesce("new", empty).alias("new"))
-    gained = {r["label"]: r["count"] for r in both.select(F.explode(F.array_except("new", "old")).alias("label"))
-              .groupBy("label").count().collect()}
-    lost = {r["label"]: r["count"] for r in both.select(F.explode(F.array_except("old", "new")).alias("label"))
-            .groupBy("label").count().collect()}
     before = label_counts(both, "old", taxonomy.names)
     after = label_counts(both, "new", taxonomy.names)
     per_label = pd.DataFrame({"label": taxonomy.names})
     per_label["files_before"] = per_label["label"].map(before).astype(int)
     per_label["files_after"] = per_label["label"].map(after).astype(int)
-    per_label["gained"] = per_label["label"].map(gained).fillna(0).astype(int)
-    per_label["lost"] = per_label["label"].map(lost).fillna(0).astype(int)
+    per_label = per_label.merge(gained_and_lost(both, taxonomy.names), on="label")
     row = both.agg(
         F.count(F.lit(1)).alias("files"),
-        F.sum((F.size(F.array_except("new", "old")) + F.size(F.array_except("old", "new")) > 0).cast("int")).alias("changed"),
+        F.sum(labels_changed().cast("int")).alias("changed"),
         F.avg(F.size("old")).alias("before"), F.avg(F.size("new")).alias("after"),
         F.sum((F.size("old") > 0).cast("int")).alias("labeled_before"),
         F.sum((F.size("new") > 0).cast("int")).alias("labeled_after"),
