@@ -6,7 +6,7 @@ painters"). Running a parser over 11M names is slow and needs a model; these
 rules reproduce its output on most names (see docs/heads.md for the measured
 accuracy) and are written as a short chain of regular expressions, so the very
 same patterns run in Python (``find_head``) and as Spark built-in expressions
-(``head_column``: regexp_replace / regexp_extract, no Python UDF).
+(``with_head``: regexp_replace / regexp_extract, no Python UDF).
 
 The patterns keep to the regex subset that Python ``re`` and Java
 ``java.util.regex`` read the same way: tokens are separated by plain spaces
@@ -113,7 +113,35 @@ NOT_ADJECTIVES = (
 
 
 def _alt(words) -> str:
-    return "|".join(sorted({re.escape(w) for w in words}, key=lambda w: (-len(w), w)))
+    """An alternation matching exactly ``words``, written as a trie ("an(?:cient|other)?...").
+
+    Both regex engines try the branches of a flat alternation one by one; in
+    a trie the first character picks the branch, which makes the head rules
+    several times faster over millions of names. Every use of it is followed
+    by a word boundary of its own (a space, the end, a lookahead), so only
+    the set of words matters, not which branch matches first.
+    """
+    trie: dict = {}
+    for w in set(words):
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+    return _trie_regex(trie)
+
+
+def _trie_regex(node: dict) -> str:
+    ends = "" in node
+    branches = [re.escape(ch) + _trie_regex(node[ch]) for ch in sorted(k for k in node if k)]
+    if not branches:
+        return ""
+    if len(branches) > 1:
+        body = "(?:" + "|".join(branches) + ")"
+    elif ends and len(branches[0]) > 1:
+        body = "(?:" + branches[0] + ")"
+    else:
+        body = branches[0]
+    return body + "?" if ends else body
 
 
 # --- the patterns (shared by Python and Spark) --------------------------------
@@ -239,25 +267,30 @@ def is_null_head(head: str) -> bool:
 # --- Spark --------------------------------------------------------------------
 
 
-def head_column(name_col, spaced_hyphens: bool = False):
-    """The same head as ``find_head``, as a Spark Column built only from built-ins.
+def with_head(df, name: str, out: str, spaced_hyphens: bool = False):
+    """``df`` plus a column ``out``: the same head as ``find_head`` of column ``name``, built only from built-ins.
 
     A chain of regexp_replace then regexp_extract, each pattern a literal
-    (compiled once per task), the chain referenced once: JVM-side, no Python worker, so it runs at the
-    speed of the scan over the 11M category names.
+    (compiled once per task): JVM-side, no Python worker. The steps are
+    separate projections because later steps read an intermediate result
+    twice (the fallback to the whole name, capitalising); folded into one
+    expression Spark would run the regex chain once per reference, about
+    three times slower.
     """
     from pyspark.sql import functions as F
 
-    original = F.trim(F.regexp_replace(F.regexp_replace(name_col, "_", " "), " +", " "))
+    tmp = [f"__head_{k}" for k in ("name", "head", "possessive")]
+    original, head, possessive = (F.col(c) for c in tmp)
     s = original
     for pattern in STEPS:
         s = F.regexp_replace(s, pattern, "")
-    head = F.trim(F.regexp_extract(s, P_HEAD, 1))
-    head = capitalize_column(F.coalesce(F.nullif(head, F.lit("")), original))
+    df = df.withColumn(tmp[0], F.trim(F.regexp_replace(F.regexp_replace(F.col(name), "_", " "), " +", " ")))
+    df = df.withColumn(tmp[1], F.trim(F.regexp_extract(s, P_HEAD, 1)))
+    df = df.withColumn(tmp[1], capitalize_column(F.when(head == "", original).otherwise(head)))
     if spaced_hyphens:
-        head = F.regexp_replace(head, P_HYPHEN, " - ")
-    possessive = F.regexp_extract(original, P_POSSESSIVE, 1)
-    return F.coalesce(F.nullif(possessive, F.lit("")), head)
+        df = df.withColumn(tmp[1], F.regexp_replace(head, P_HYPHEN, " - "))
+    df = df.withColumn(tmp[2], F.regexp_extract(original, P_POSSESSIVE, 1))
+    return df.withColumn(out, F.when(possessive == "", head).otherwise(possessive)).drop(*tmp)
 
 
 def capitalize_column(col):

@@ -26,7 +26,7 @@ from pipeline import label_quality
 from pipeline.atomic import write_json, write_spark
 from pipeline.config import Settings
 from pipeline.errors import StageError, require_input
-from pipeline.heads import NULL_HEADS, P_NUMBER, head_column
+from pipeline.heads import NULL_HEADS, P_NUMBER, with_head
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
 from pipeline.traversal import PARENT_HEADS, parse_heuristics, parse_labeler
@@ -61,53 +61,50 @@ def _seed_masks(taxonomy: Taxonomy) -> dict[str, int]:
     return {seed: sum(1 << index[n] for n in labels) for seed, labels in taxonomy.seed_labels(hierarchical=False).items()}
 
 
-def _bit(i):
-    """2**i as a long Column (shiftleft takes only a Python int shift)."""
+def _long(value: int):
     from pyspark.sql import functions as F
 
-    return F.pow(F.lit(2), i).cast("long")
+    return F.lit(value).cast("long")
 
 
-def _has(mask_col, i):
-    return mask_col.bitwiseAND(_bit(i)) != 0
+def _when_long(cond, value: int):
+    from pyspark.sql import functions as F
+
+    return F.when(cond, _long(value)).otherwise(_long(0))
+
+
+def _has(mask_col, i: int):
+    return mask_col.bitwiseAND(_long(1 << i)) != 0
 
 
 def mask_to_labels(mask_col, taxonomy: Taxonomy):
-    """A label mask -> the label names, in taxonomy order (built-ins only)."""
+    """A label mask -> the label names, in taxonomy order.
+
+    One ``when`` per label in a flat array (no lambdas), so Spark compiles it
+    with the rest of the projection.
+    """
     from pyspark.sql import functions as F
 
-    names = F.array(*[F.lit(n) for n in taxonomy.names])
-    return F.filter(
-        F.transform(F.sequence(F.lit(0), F.lit(len(taxonomy.names) - 1)),
-                    lambda i: F.when(_has(mask_col, i), F.element_at(names, i + 1))),
-        lambda x: x.isNotNull(),
-    )
+    return F.array_compact(F.array(*[F.when(_has(mask_col, i), F.lit(n)) for i, n in enumerate(taxonomy.names)]))
 
 
 def hier_mask(mask_col, taxonomy: Taxonomy):
     """Close a label mask under ancestors."""
-    from pyspark.sql import functions as F
-
-    anc = F.array(*[F.lit(m).cast("long") for m in _ancestor_masks(taxonomy)])
-    return F.aggregate(
-        F.sequence(F.lit(0), F.lit(len(taxonomy.names) - 1)),
-        F.lit(0).cast("long"),
-        lambda acc, i: acc.bitwiseOR(
-            F.when(_has(mask_col, i), F.element_at(anc, i + 1)).otherwise(F.lit(0).cast("long"))
-        ),
-    )
+    out = _long(0)
+    for i, anc in enumerate(_ancestor_masks(taxonomy)):
+        out = out.bitwiseOR(_when_long(_has(mask_col, i), anc))
+    return out
 
 
 def labels_to_mask(labels_col, taxonomy: Taxonomy):
     """Label names -> a mask (unknown names are ignored)."""
     from pyspark.sql import functions as F
 
-    index = F.create_map(*[x for i, n in enumerate(taxonomy.names) for x in (F.lit(n), F.lit(i))])
-    return F.aggregate(
-        F.coalesce(labels_col, F.array().cast("array<string>")),
-        F.lit(0).cast("long"),
-        lambda acc, l: acc.bitwiseOR(F.coalesce(_bit(F.element_at(index, l)), F.lit(0).cast("long"))),
-    )
+    labels = F.coalesce(labels_col, F.array().cast("array<string>"))
+    out = _long(0)
+    for i, n in enumerate(taxonomy.names):
+        out = out.bitwiseOR(_when_long(F.array_contains(labels, n), 1 << i))
+    return out
 
 
 # ----------------------------------------------------------------- proposals
@@ -159,11 +156,10 @@ def _proposals(spark, cats, edges, heuristics: list[str], parent_heads=PARENT_HE
             p = e.where(F.col("parent_is_seed")).select("child", F.col("parent").alias("target"))
         elif h == "headJ":
             heads = cats.select(F.col("title").alias("member"), F.col("head").alias("member_head"))
-            parent_members = e.select("child", F.col("parent").alias("member")).join(heads, "member", "left")
-            # red-link parents are not in cats: compute their heads here
-            parent_members = parent_members.withColumn(
-                "member_head", F.coalesce(F.col("member_head"), head_column(F.col("member"), spaced_hyphens=True))
-            )
+            # red-link parents are not in cats: their heads are computed here
+            red_links = e.select(F.col("parent").alias("member")).distinct().join(heads, "member", "left_anti")
+            heads = heads.unionByName(with_head(red_links, "member", "member_head", spaced_hyphens=True))
+            parent_members = e.select("child", F.col("parent").alias("member")).join(heads, "member")
             self_members = pending.select(
                 F.col("title").alias("child"), F.col("title").alias("member"), F.col("head").alias("member_head"),
             )
@@ -211,7 +207,7 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
     hs, nearest = parse_labeler(heuristics) if isinstance(heuristics, str) else (list(heuristics), False)
     seeds = spark.createDataFrame(list(_seed_masks(taxonomy).items()), "title string, seed_mask long")
     nodes = depth_df.select("title", F.coalesce(F.col("hidden"), F.lit(False)).alias("hidden"), "depth").dropDuplicates(["title"])
-    cats = nodes.join(F.broadcast(seeds), "title", "left").withColumn("head", head_column(F.col("title"), spaced_hyphens=True))
+    cats = with_head(nodes.join(F.broadcast(seeds), "title", "left"), "title", "head", spaced_hyphens=True)
     null_head = F.col("head").rlike(P_NUMBER) | F.col("head").isin(sorted(NULL_HEADS))
     cats = cats.withColumn("is_seed", F.col("seed_mask").isNotNull()).withColumn(
         "status",
@@ -347,9 +343,7 @@ def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> d
         "unlabeled_share": (int(row["unlabeled"] or 0) / n) if n else 0.0,
     }
     if present:
-        irs = F.array(*[F.lit(x) for x in ir])
-        idx = F.filter(F.sequence(F.lit(0), F.lit(len(names) - 1)), lambda i: _has(F.col("m"), i))
-        vals = F.transform(idx, lambda i: F.element_at(irs, i + 1))
+        vals = F.array_compact(F.array(*[F.when(_has(F.col("m"), i), F.lit(x)) for i, x in enumerate(ir)]))
         k = F.size(vals)
         log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
         lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.heads import find_head, head_column, is_null_head, one_word, traversal_head
+from pipeline.heads import _alt, find_head, is_null_head, one_word, traversal_head, with_head
 
 DEV = Path(__file__).parent / "data" / "heads_dev.tsv"
 
@@ -90,13 +92,24 @@ def test_traversal_head_spaces_hyphens_as_the_parser_did():
 
 
 def test_spark_heads_equal_python(spark):
-    from pyspark.sql import functions as F
-
     names = list(load_dev().category) + ["Maps__of  France", "...", "(14) x", "Boys' schools by country", "",
                                     "SPEED limit signs", "Breed standards", "Official residences", "61-YEAR-OLD deaths"]
-    df = spark.createDataFrame([(n,) for n in names], "name string").select(
-        "name", head_column(F.col("name")).alias("h"), head_column(F.col("name"), spaced_hyphens=True).alias("t"))
+    df = spark.createDataFrame([(n,) for n in names], "name string")
+    df = with_head(with_head(df, "name", "h"), "name", "t", spaced_hyphens=True)
     got = {r.name: (r.h, r.t) for r in df.collect()}
     diff = [(n, got[n], find_head(n), traversal_head(n)) for n in names
             if got[n] != (find_head(n), traversal_head(n))]
     assert diff == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=st.lists(st.text(alphabet="ab-c ", min_size=1, max_size=5), min_size=1, max_size=12),
+       probes=st.lists(st.text(alphabet="ab-c ", max_size=6), max_size=20))
+def test_trie_alternation_matches_exactly_the_words(words, probes):
+    """The trie-shaped alternation the head rules use accepts the same strings as a flat one."""
+    import re
+
+    trie = re.compile("(?:" + _alt(words) + ")")
+    flat = re.compile("(?:" + "|".join(re.escape(w) for w in words) + ")")
+    for s in probes + words + [w[:-1] for w in words] + [w + "a" for w in words]:
+        assert bool(trie.fullmatch(s)) == bool(flat.fullmatch(s)), s
