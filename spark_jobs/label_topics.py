@@ -67,12 +67,6 @@ def _long(value: int):
     return F.lit(value).cast("long")
 
 
-def _when_long(cond, value: int):
-    from pyspark.sql import functions as F
-
-    return F.when(cond, _long(value)).otherwise(_long(0))
-
-
 def _has(mask_col, i: int):
     return mask_col.bitwiseAND(_long(1 << i)) != 0
 
@@ -80,31 +74,40 @@ def _has(mask_col, i: int):
 def mask_to_labels(mask_col, taxonomy: Taxonomy):
     """A label mask -> the label names, in taxonomy order.
 
-    One ``when`` per label in a flat array (no lambdas), so Spark compiles it
-    with the rest of the projection.
+    One lambda over the taxonomy's names: a flat array of one ``when`` per
+    label runs faster on big tables but takes Spark seconds to compile for
+    every query, which small runs (and the tests) pay many times over.
     """
     from pyspark.sql import functions as F
 
-    return F.array_compact(F.array(*[F.when(_has(mask_col, i), F.lit(n)) for i, n in enumerate(taxonomy.names)]))
+    names = F.array(*[F.lit(n) for n in taxonomy.names])
+    return F.filter(names, lambda _, i: mask_col.bitwiseAND(F.pow(F.lit(2), i).cast("long")) != 0)
+
+
+def _label_bits(taxonomy: Taxonomy, values) -> "Column":
+    """A literal map: label name -> a long (its bit, or its ancestors' mask)."""
+    from pyspark.sql import functions as F
+
+    return F.create_map(*[x for n, v in zip(taxonomy.names, values) for x in (F.lit(n), _long(v))])
+
+
+def labels_to_mask(labels_col, taxonomy: Taxonomy, values=None):
+    """Label names -> a mask (unknown names are ignored); ``values``: what each label adds (default its bit).
+
+    A fold over the (few) labels of each row, not over all labels of the taxonomy.
+    """
+    from pyspark.sql import functions as F
+
+    bits = _label_bits(taxonomy, values or [1 << i for i in range(len(taxonomy.names))])
+    return F.aggregate(
+        F.coalesce(labels_col, F.array().cast("array<string>")), _long(0),
+        lambda acc, label: acc.bitwiseOR(F.coalesce(F.element_at(bits, label), _long(0))),
+    )
 
 
 def hier_mask(mask_col, taxonomy: Taxonomy):
     """Close a label mask under ancestors."""
-    out = _long(0)
-    for i, anc in enumerate(_ancestor_masks(taxonomy)):
-        out = out.bitwiseOR(_when_long(_has(mask_col, i), anc))
-    return out
-
-
-def labels_to_mask(labels_col, taxonomy: Taxonomy):
-    """Label names -> a mask (unknown names are ignored)."""
-    from pyspark.sql import functions as F
-
-    labels = F.coalesce(labels_col, F.array().cast("array<string>"))
-    out = _long(0)
-    for i, n in enumerate(taxonomy.names):
-        out = out.bitwiseOR(_when_long(F.array_contains(labels, n), 1 << i))
-    return out
+    return labels_to_mask(mask_to_labels(mask_col, taxonomy), taxonomy, _ancestor_masks(taxonomy))
 
 
 # ----------------------------------------------------------------- proposals
