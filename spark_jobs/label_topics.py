@@ -67,8 +67,11 @@ def _long(value: int):
     return F.lit(value).cast("long")
 
 
-def _has(mask_col, i: int):
-    return mask_col.bitwiseAND(_long(1 << i)) != 0
+def _has(mask_col, i):
+    """Whether bit ``i`` (a Column) of the mask is set (shiftleft takes only a Python int shift)."""
+    from pyspark.sql import functions as F
+
+    return mask_col.bitwiseAND(F.pow(F.lit(2), i).cast("long")) != 0
 
 
 def mask_to_labels(mask_col, taxonomy: Taxonomy):
@@ -81,7 +84,7 @@ def mask_to_labels(mask_col, taxonomy: Taxonomy):
     from pyspark.sql import functions as F
 
     names = F.array(*[F.lit(n) for n in taxonomy.names])
-    return F.filter(names, lambda _, i: mask_col.bitwiseAND(F.pow(F.lit(2), i).cast("long")) != 0)
+    return F.filter(names, lambda _, i: _has(mask_col, i))
 
 
 def _label_bits(taxonomy: Taxonomy, values) -> "Column":
@@ -346,7 +349,7 @@ def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> d
         "unlabeled_share": (int(row["unlabeled"] or 0) / n) if n else 0.0,
     }
     if present:
-        vals = F.array_compact(F.array(*[F.when(_has(F.col("m"), i), F.lit(x)) for i, x in enumerate(ir)]))
+        vals = F.filter(F.array(*[F.lit(x) for x in ir]), lambda _, i: _has(F.col("m"), i))
         k = F.size(vals)
         log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
         lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
