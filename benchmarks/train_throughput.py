@@ -1,7 +1,8 @@
 """Training and inference throughput (images/s) of the topic model, and of the shard loader alone.
 
     KERAS_BACKEND=tensorflow python benchmarks/train_throughput.py --backbones B0,B2 --image-size 64 \
-        --batch-size 128 --steps 20 [--index data/<date>/image_index/v1.3/headJ+depth --store data/images/<fp>]
+        --batch-size 128 --steps 20 [--inputs image,image+text] \
+        [--index data/<date>/image_index/v1.3/headJ+depth --store data/images/<fp>]
 
 Synthetic in-memory arrays always; with ``--index`` and ``--store`` (a run's
 image index and the image store) also training from the store and loader-only speed. The
@@ -21,49 +22,67 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.texts import DEFAULT_FIELDS  # noqa: E402
 
-def _model(backbone, size, labels, lr, jit):
+
+def _model(backbone, size, labels, lr, jit, inputs="image"):
     import keras
 
+    from pipeline.texts import TextEncoding
     from training.losses import make_loss
     from training.model import build_model
 
-    model = build_model(labels, backbone, "none", size)
+    enc = TextEncoding(DEFAULT_FIELDS)
+    model = build_model(labels, backbone, "none", size, inputs=inputs, text_shape=enc.shape, text_vocab=enc.vocab,
+                        drop_text=0.2 if inputs == "image+text" else 0.0,
+                        drop_image=0.1 if inputs == "image+text" else 0.0)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=make_loss("bce"), jit_compile=jit)
     return model
 
 
-def bench_synthetic(backbone, size, batch, steps, labels, jit) -> dict:
+def bench_synthetic(backbone, size, batch, steps, labels, jit, inputs="image") -> dict:
+    from pipeline.texts import TextEncoding
     from training.model import predict_probs
 
     rng = np.random.default_rng(0)
     n = batch * steps
-    x = rng.integers(0, 256, (n, size, size, 3)).astype("float32")
+    fields, tokens = TextEncoding(DEFAULT_FIELDS).shape
+    x = {}
+    if inputs != "text":
+        x["image"] = rng.integers(0, 256, (n, size, size, 3)).astype("float32")
+    if inputs != "image":  # about a third of the positions padding, as short captions leave
+        ids = rng.integers(1, 32768, (n, fields, tokens)).astype("int32")
+        x["text"] = np.where(rng.random(ids.shape) < 0.33, 0, ids).astype("int32")
     y = (rng.random((n, labels)) < 0.1).astype("float32")
-    model = _model(backbone, size, labels, 1e-3, jit)
-    model.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # warm-up
+    model = _model(backbone, size, labels, 1e-3, jit, inputs)
+    feed = x["image"] if inputs == "image" else x
+    first = {k: v[:batch] for k, v in x.items()}
+    model.fit(first["image"] if inputs == "image" else first, y[:batch], batch_size=batch, epochs=1, verbose=0)
     t = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    model.fit(feed, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
     train_ips = n / (time.perf_counter() - t)
-    predict_probs(model, x[:batch], batch)
+    predict_probs(model, first, batch)
     t = time.perf_counter()
     predict_probs(model, x, batch)
     infer_ips = n / (time.perf_counter() - t)
     return {"train_images_per_s": round(train_ips, 1), "predict_images_per_s": round(infer_ips, 1), "images": n}
 
 
-def bench_shards(index_path, store, backbone, size, batch, steps, labels, hierarchical, workers, jit) -> dict:
+def bench_shards(index_path, store, backbone, size, batch, steps, labels, hierarchical, workers, jit,
+                 inputs="image") -> dict:
+    from pipeline.texts import TextEncoding
     from training import data
 
     index = data.read_index(index_path, "train", labels, hierarchical, store)
     if len(index) == 0:
         raise SystemExit(f"{index_path}: no labeled, stored train images")
-    ds = data.ShardBatches(index, batch, size, shuffle=True, workers=workers)
+    ds = data.ShardBatches(index, batch, size, shuffle=True, workers=workers, inputs=inputs,
+                           encoding=TextEncoding(DEFAULT_FIELDS))
     steps = min(steps, len(ds))
     t = time.perf_counter()
     seen = sum(len(ds[i][1]) for i in range(steps))  # decode + batch, single thread
     loader_ips = seen / (time.perf_counter() - t)
-    model = _model(backbone, size, labels, 1e-3, jit)
+    model = _model(backbone, size, labels, 1e-3, jit, inputs)
     model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # warm-up
     t = time.perf_counter()
     model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
@@ -83,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--flat", action="store_true", help="read multi_hot instead of multi_hot_hier")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--jit", action="store_true")
+    ap.add_argument("--inputs", default="image", help="comma-separated train.inputs modes to time")
     a = ap.parse_args(argv)
 
     import keras
@@ -97,12 +117,15 @@ def main(argv=None) -> int:
         "synthetic": {},
         "shards": {},
     }
+    modes = [m.strip() for m in a.inputs.split(",") if m.strip()]
     for backbone in [b.strip() for b in a.backbones.split(",") if b.strip()]:
-        out["synthetic"][backbone] = bench_synthetic(backbone, a.image_size, a.batch_size, a.steps, a.labels, a.jit)
-        if a.index:
-            out["shards"][backbone] = bench_shards(
-                a.index, a.store, backbone, a.image_size, a.batch_size, a.steps, a.labels, not a.flat, a.workers, a.jit
-            )
+        for mode in modes:
+            key = backbone if modes == ["image"] else f"{backbone}/{mode}"
+            out["synthetic"][key] = bench_synthetic(backbone, a.image_size, a.batch_size, a.steps, a.labels,
+                                                    a.jit, mode)
+            if a.index:
+                out["shards"][key] = bench_shards(a.index, a.store, backbone, a.image_size, a.batch_size, a.steps,
+                                                  a.labels, not a.flat, a.workers, a.jit, mode)
     print(json.dumps(out, sort_keys=True))
     return 0
 

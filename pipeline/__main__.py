@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nights to run: 1 = tonight; 3 = first dump, a second dump with changes, that dump again")
     p.add_argument("--spark-cluster", action="store_true",
                    help="run the Spark stages on a standalone master and two workers started on 127.0.0.1")
+    p.add_argument("--compare-inputs", action="store_true",
+                   help="after the last night, train the other two kinds of model (train.inputs: image, text, "
+                        "image+text) on the same split and rebuild the report with what the words add")
     _add_settings_arguments(p)
 
     p = sub.add_parser("config", help="print the resolved settings as JSON")
@@ -190,6 +193,7 @@ def main(argv=None) -> int:
             result = demo.run_demo(
                 overrides=_overrides(args), images=args.images, categories=args.categories,
                 seed=args.seed, epochs=args.epochs, runs=args.runs, spark_cluster=args.spark_cluster,
+                compare_inputs=args.compare_inputs,
             )
             summary = {k: v for k, v in result.items() if k not in ("summaries", "night_outputs")}
         elif command == "config":

@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.texts import DEFAULT_FIELDS
+
 
 def _env(name: str, default, changes_outputs: bool = True, **kw):
     """A setting read from environment variable ``name``; ``changes_outputs=False`` keeps it out of the
@@ -176,6 +178,18 @@ class TrainConfig:
     # "flat" (sigmoid head) or "chmcnn" (C-HMCNN(h) max-constraint head + MCLoss; needs hierarchical labels).
     head: str = _env("MODEL_HEAD", "flat")
     jit_compile: bool = _env("JIT_COMPILE", False)
+    # What the model reads: "image" (pixels), "text" (the image's texts, pipeline.texts) or "image+text".
+    inputs: str = _env("MODEL_INPUTS", "image")
+    # Text fields, in order (pipeline.texts.FIELDS). Never the categories: the labels come from them.
+    text_fields: str = _env("TEXT_FIELDS", DEFAULT_FIELDS)
+    # Hashed vocabulary (words and character trigrams), tokens kept per field, embedding width.
+    text_vocab: int = _env("TEXT_VOCAB", 32768)
+    text_tokens: int = _env("TEXT_MAX_TOKENS", 48)
+    text_dim: int = _env("TEXT_EMBEDDING_DIM", 32)
+    # image+text only: share of training images whose text is dropped, and share whose pixels are
+    # (never both), so the model still predicts when one of the two is missing.
+    drop_text: float = _env("MODALITY_DROP_TEXT", 0.2)
+    drop_image: float = _env("MODALITY_DROP_IMAGE", 0.1)
     workers: int = _env("LOADER_WORKERS", 2)
     # Loader workers as processes instead of threads (PIL decoding mostly releases the GIL anyway).
     use_multiprocessing: bool = _env("LOADER_MULTIPROCESSING", False)

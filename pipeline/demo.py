@@ -52,6 +52,16 @@ def airflow_env(state_dir: str) -> dict[str, str]:
     }
 
 
+INPUT_MODES = ("image", "text", "image+text")
+
+
+def _stage(args: list[str], env: dict[str, str]) -> None:
+    """One stage through the project's CLI, as the DAG's tasks run it."""
+    cmd = [sys.executable, "-m", "pipeline", *args]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, env=env, check=True, cwd=str(PROJECT_ROOT))
+
+
 def _airflow(args: list[str], env: dict[str, str]) -> None:
     cmd = [str(Path(sys.executable).parent / "airflow"), *args]
     print("$", " ".join(cmd), flush=True)
@@ -98,11 +108,15 @@ def run_demo(
     logical_date: str | None = None,
     runs: int = 1,
     spark_cluster: bool = False,
+    compare_inputs: bool = False,
 ) -> dict:
     """Run the DAG for each night of ``nights(runs)``; the last night's outputs, with a ``nights`` table.
 
     ``spark_cluster``: the Spark stages run on a standalone cluster (a master and two workers on
     127.0.0.1, ``pipeline.spark_cluster``) started for the demo, instead of ``local[*]``.
+    ``compare_inputs``: after the last night, the train stage again for each other ``train.inputs``
+    (same dump, labels and split; the champion gate sees each), then the report again, whose
+    section "What the words add" compares the three. The predictions stay the night's.
     """
     if spark_cluster:
         from pipeline.spark_cluster import StandaloneCluster
@@ -113,7 +127,7 @@ def run_demo(
         with StandaloneCluster(str(folder), workers=2) as cluster:
             print(f"Spark standalone cluster at {cluster.master_url} (logs under {folder})", flush=True)
             return run_demo({**(overrides or {}), "spark.master": cluster.master_url}, images, categories,
-                            seed, epochs, logical_date, runs)
+                            seed, epochs, logical_date, runs, compare_inputs=compare_inputs)
     from pipeline.sample import dumps_server, server
 
     overrides = dict(overrides or {})
@@ -184,6 +198,16 @@ def run_demo(
                       dumps_server_file_requests=len(dumps.file_requests()),
                       image_server_requests=image_requests.value)
         results.append(result)
+    if compare_inputs:
+        last = results[-1]
+        done = load_settings(overrides, environ={**env, "DUMP_DATE": last["dump_date"]}).train.inputs
+        stage_env = {**env, "DUMP_DATE": last["dump_date"]}
+        for mode in [m for m in INPUT_MODES if m != done]:
+            _stage(["train", "--force", "--set", f"train.inputs={mode}"], stage_env)
+        _stage(["report", "--force"], stage_env)
+        # the outputs as they are now; the night's row still says what the night did
+        now = outputs(load_settings({**overrides, "paths.dump_date": last["dump_date"]}, environ=stage_env))
+        results[-1] = {**now, **{k: last[k] for k in NIGHT_COLUMNS}}
     table = [{k: r[k] for k in NIGHT_COLUMNS} for r in results]
     if runs > 1:
         print_nights(table)

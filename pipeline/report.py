@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.traversal import BASELINE
 
 SECTIONS = ("summary", "dataset", "distribution", "quality", "frequency", "pr-curves", "cooccurrence",
-            "examples", "missed", "articles", "changes", "labeler", "downloads")
+            "examples", "missed", "articles", "changes", "labeler", "words", "downloads")
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -248,6 +248,34 @@ def _labeler_section(changes: dict | None, heuristics: str) -> str:
             + "</section>")
 
 
+def _words_section(inputs: dict | None) -> str:
+    head = '<section id="words"><h2>12. What the words add</h2>'
+    if inputs is None:
+        return head + ('<p class="none">Only one kind of model (train.inputs) was trained on this test split. '
+                       "Train another (image, text, image+text), e.g. with "
+                       "<code>python -m pipeline demo --compare-inputs</code>, to compare them here.</p></section>")
+    per_label = inputs["per_label"]
+    macro = ", ".join(f"{m} {v:.4f}" for m, v in inputs["macro"].items())
+    out = [head, f"<p>Test macro AUC(PR) on the same test split: {html.escape(macro)}. Each column is the "
+                 "latest model of its kind trained on this dump, taxonomy and labeler.</p>"]
+    if "words_add" in per_label:
+        ranked = per_label.dropna(subset=["words_add"]).sort_values("words_add", ascending=False)
+        helps = ", ".join(f"{r.label} ({r.words_add:+.3f})" for r in ranked.head(5).itertuples())
+        hurts = ", ".join(f"{r.label} ({r.words_add:+.3f})" for r in ranked.tail(5).iloc[::-1].itertuples()
+                          if r.words_add < 0)
+        out.append(f"<p>The words help most with: {html.escape(helps or 'none')}. "
+                   f"They hurt: {html.escape(hurts or 'no label')}.</p>")
+    extra = inputs.get("image_text") or {}
+    if extra:
+        n = extra.get("images_without_text")
+        out.append("<p>The image+text model on the test images that have no text"
+                   + (f" ({int(n)})" if n is not None else "") + ": macro AUC(PR) "
+                   + _fmt(extra.get("macro_auc_pr_images_without_text")) + "; on every test image with its text "
+                   "removed: " + _fmt(extra.get("macro_auc_pr_text_removed")) + ".</p>")
+    out.append(table(per_label.round(4)) + "</section>")
+    return "".join(out)
+
+
 def build(run, parts: dict, store_root: str) -> tuple[str, dict[str, bytes]]:
     """(the HTML page, {figure name: PNG bytes}) from the study's tables in ``parts``."""
     figs: dict[str, bytes] = {}
@@ -364,7 +392,8 @@ def build(run, parts: dict, store_root: str) -> tuple[str, dict[str, bytes]]:
                    "This is the first run of this taxonomy and heuristics in the data lake.</p></section>")
 
     out.append(_labeler_section(parts.get("labelers"), run.layout.heuristics))
-    out.append('<section id="downloads"><h2>12. Downloads and splits</h2>'
+    out.append(_words_section(parts.get("inputs")))
+    out.append('<section id="downloads"><h2>13. Downloads and splits</h2>'
                + table(parts["statuses"]) + table(parts["splits"]) + "</section>")
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import StageError
+from pipeline.texts import TEXT_COLUMNS
 
 MANIFEST_COLUMNS = ("image_key", "file_title", "source_url", "status", "shard", "offset", "size", "ext",
                     "width", "height", "bytes", "attempts", "fetched_at", "error", "batch")
@@ -64,7 +65,7 @@ def manifest_schema():
 
 
 def index_schema():
-    """The per-run index the shard stage writes: WIT images joined with the store manifest."""
+    """The per-run index the shard stage writes: WIT images joined with the store manifest and their texts."""
     import pyarrow as pa
 
     hot = pa.list_(pa.float32())
@@ -73,6 +74,7 @@ def index_schema():
         ("labeled", pa.bool_()), ("labels", pa.list_(pa.string())), ("labels_hier", pa.list_(pa.string())),
         ("multi_hot", hot), ("multi_hot_hier", hot), ("status", pa.string()), ("shard", pa.string()),
         ("offset", pa.int64()), ("size", pa.int64()), ("error", pa.string()),
+        *[(c, pa.list_(pa.string())) for c in TEXT_COLUMNS],
     ])
 
 

@@ -515,6 +515,45 @@ def model_comparison(settings, run: Run) -> pd.DataFrame | None:
     return out
 
 
+INPUT_MODES = ("image", "text", "image+text")
+
+
+def input_comparison(settings, run: Run) -> dict | None:
+    """What the words add: per label, test AUC(PR) of the latest image-only, text-only and image+text
+    models of this dump, taxonomy and heuristics, trained on the same test split (MLflow runs of the
+    train stage with the same test fingerprint). None unless this run trained a model and at least
+    two modes were trained on its split."""
+    from pipeline import tracking
+
+    train = run.summaries.get("train", {})
+    if not train.get("run_id") or not train.get("test_fingerprint"):
+        return None
+    client = tracking.client(settings)
+    experiment = client.get_run(train["run_id"]).info.experiment_id
+    query = (f"tags.stage = 'train' AND tags.test_fingerprint = '{train['test_fingerprint']}' "
+             f"AND tags.dump_date = '{settings.paths.dump_date}' AND tags.taxonomy = '{run.taxonomy.version}' "
+             f"AND tags.heuristics = '{settings.label.heuristics}' AND attributes.status = 'FINISHED'")
+    latest = {}
+    for r in client.search_runs([experiment], query, order_by=["attributes.start_time DESC"], max_results=200):
+        latest.setdefault(r.data.tags.get("inputs", "image"), r)  # runs from before texts read images
+    modes = [m for m in INPUT_MODES if m in latest]
+    if len(modes) < 2:
+        return None
+    table = pd.DataFrame({"label": run.names})
+    for m in modes:
+        table[m] = [latest[m].data.metrics.get(f"test_ap_{slug(n)}", float("nan")) for n in run.names]
+    if "image" in modes and "image+text" in modes:
+        table["words_add"] = table["image+text"] - table["image"]
+    macro = {m: latest[m].data.metrics.get("test_macro_auc_pr", float("nan")) for m in modes}
+    both = latest.get("image+text")
+    extra = {}
+    if both is not None:
+        extra = {k: both.data.metrics.get(f"test_{k}") for k in
+                 ("images_without_text", "macro_auc_pr_images_without_text", "macro_auc_pr_text_removed")}
+    return {"per_label": table, "macro": macro, "runs": {m: latest[m].info.run_id for m in modes},
+            "image_text": extra}
+
+
 def finite(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 

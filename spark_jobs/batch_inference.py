@@ -5,8 +5,9 @@ alias, resolved once to one version; the DAG passes the version the gate left
 as champion) is downloaded once by the driver and shipped to executors as a zip with ``SparkContext.addArchive``.
 It reads the run's image index (``Layout.image_index``); each task takes the
 images of some store shards, reads their bytes by offset, preprocesses them
-as training did (``pipeline.imaging.preprocess``, at the model's input size)
-and predicts in batches; the driver only counts. Images without bytes (their
+as training did (``pipeline.imaging.preprocess``, at the model's input size),
+encodes their texts as training did (``pipeline.texts``, when the model reads
+them) and predicts in batches; the driver only counts. Images without bytes (their
 download failed) get a row too, with null probabilities and their status, so
 the output has one row per image of the WIT stage.
 """
@@ -23,6 +24,7 @@ from pipeline.layout import Layout
 from pipeline.spark import get_spark
 from pipeline.store import store_root
 from pipeline.taxonomy import Taxonomy
+from pipeline.texts import TEXT_COLUMNS
 
 STAGE = "infer"
 BATCH = 256
@@ -66,11 +68,12 @@ def _predictor(local_dir: str):
 
 
 def predict_rows(batches, model_name: str, slugs: list[str], store: str):
-    """mapInPandas body: index rows (key, shard, offset, size) in, one row of probabilities per image out.
+    """mapInPandas body: index rows (key, shard, offset, size, texts) in, one row of probabilities per image out.
 
     Rows arrive grouped by shard and in offset order, so each task reads its
     tars front to back; images go through ``pipeline.imaging.preprocess`` at the
-    model's own input size, whatever the settings say.
+    model's own input size, whatever the settings say, and texts through the
+    model's own text encoding (``pipeline.texts``), as in training.
     """
     import numpy as np
     import pandas as pd
@@ -78,24 +81,31 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
 
     from pipeline.imaging import ImageError, preprocess
     from pipeline.store import read_payload
+    from pipeline.texts import has_text
 
     predictor = _predictor(SparkFiles.get(model_name))
     for pdf in batches:
         pdf = pdf.sort_values(["shard", "offset"])
         for start in range(0, len(pdf), BATCH):
             chunk = pdf.iloc[start:start + BATCH]
-            images = []
-            for r in chunk.itertuples(index=False):
-                path = f"{store.rstrip('/')}/{r.shard}"
-                try:
-                    images.append(preprocess(read_payload(path, r.offset, r.size), predictor.image_size))
-                except ImageError as e:
-                    raise StageError(STAGE, path, f"image {r.image_key!r} at byte {r.offset}: {e}") from e
-            probs = predictor.predict_arrays(np.stack(images)).astype("float64")
+            images = ids = None
+            if predictor.reads_image:
+                images = []
+                for r in chunk.itertuples(index=False):
+                    path = f"{store.rstrip('/')}/{r.shard}"
+                    try:
+                        images.append(preprocess(read_payload(path, r.offset, r.size), predictor.image_size))
+                    except ImageError as e:
+                        raise StageError(STAGE, path, f"image {r.image_key!r} at byte {r.offset}: {e}") from e
+                images = np.stack(images)
+            if predictor.reads_text:
+                ids = predictor.encode_texts(chunk[predictor.encoding.columns].to_dict("records"))
+            probs = predictor.predict_inputs(images, ids).astype("float64")
             out = pd.DataFrame({"image_key": chunk["image_key"].to_numpy()})
             for j, s in enumerate(slugs):
                 out[f"p_{s}"] = probs[:, j]
             out["predicted"] = predictor.predicted_labels(probs)
+            out["has_text"] = has_text(ids) if ids is not None else None
             yield out
 
 
@@ -108,14 +118,26 @@ def run(settings) -> dict:
     model_uri, version = resolve_model(settings)
 
     local_model = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None)
+    model_inputs = _model_inputs(local_model)
     # Spark ships a directory only in local mode; an archive it ships and unpacks on every executor
     # (SparkFiles.get(name) is the unpacked folder), in local mode and on a cluster alike.
     with tempfile.TemporaryDirectory(prefix="infer-model-") as tmp:
         model_zip = shutil.make_archive(os.path.join(tmp, f"model-{version or 'given'}"), "zip", root_dir=local_model)
-        return _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip)
+        return _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip, model_inputs)
 
 
-def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip) -> dict:
+def _model_inputs(local_model: str) -> str:
+    """What a downloaded model reads (``training.pyfunc``'s inputs artifact; none: an image model)."""
+    import json
+
+    path = os.path.join(local_model, "artifacts", "inputs.json")
+    if not os.path.exists(path):
+        return "image"
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["inputs"]
+
+
+def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip, model_inputs) -> dict:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
@@ -123,7 +145,8 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
     spark = get_spark(settings, STAGE)
     spark.sparkContext.addArchive(model_zip)
     index = spark.read.parquet(index_path)
-    stored = index.where(F.col("status") == "ok").select("image_key", "shard", "offset", "size")
+    texts = [c for c in ("file_title", *TEXT_COLUMNS) if c in index.columns]  # an older index has none
+    stored = index.where(F.col("status") == "ok").select("image_key", "shard", "offset", "size", *texts)
     n_shards = stored.select("shard").distinct().count()
     if n_shards == 0:
         raise StageError(STAGE, index_path, "no image of this run has bytes in the image store")
@@ -132,7 +155,7 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
     schema = T.StructType(
         [T.StructField("image_key", T.StringType())]
         + [T.StructField(f"p_{s}", T.DoubleType()) for s in slugs]
-        + [T.StructField("predicted", T.ArrayType(T.StringType()))]
+        + [T.StructField("predicted", T.ArrayType(T.StringType())), T.StructField("has_text", T.BooleanType())]
     )
     store = store_root(settings)
     predictions = stored.repartition(n_shards, "shard").mapInPandas(
@@ -143,9 +166,10 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
         .join(predictions, "image_key", "left")
         .withColumn("model_uri", F.lit(model_uri))
         .withColumn("model_version", F.lit(version))
+        .withColumn("model_inputs", F.lit(model_inputs))
         .select(
-            "image_key", "file_title", "split", "labeled", "status", "model_uri", "model_version",
-            *[f"p_{s}" for s in slugs], "predicted",
+            "image_key", "file_title", "split", "labeled", "status", "model_uri", "model_version", "model_inputs",
+            *[f"p_{s}" for s in slugs], "predicted", "has_text",
         )
         .orderBy("image_key")
     )
@@ -155,6 +179,7 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
         F.count("*").alias("rows"),
         F.count(f"p_{slugs[0]}").alias("predicted"),
         F.sum(F.col("labeled").cast("int")).alias("labeled"),
+        F.sum((~F.col("has_text")).cast("int")).alias("without_text"),
     ).first()
     return {
         "predictions": layout.predictions,
@@ -163,5 +188,8 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
         "rows": counts["rows"],
         "rows_with_probabilities": counts["predicted"],
         "labeled_rows": counts["labeled"],
+        "model_inputs": model_inputs,
+        # images the model read no word about (null for a model that reads no text)
+        "rows_without_text": counts["without_text"],
         "shards": n_shards,
     }

@@ -39,6 +39,7 @@ def study_parts(spark, settings) -> tuple[study.Run, dict]:
                      frequency=study.frequency_vs_auc(quality, train), pr_curves=study.pr_curves(run),
                      examples=study.examples(run), missed=study.missed_by_graph(run),
                      articles=study.topics_per_article(run))
+    parts["inputs"] = study.input_comparison(settings, run)
     baseline = study.baseline_layout(run.layout)
     if baseline is not None:
         parts["labelers"] = study.compare_labelers(spark, run.layout, baseline, run.taxonomy)

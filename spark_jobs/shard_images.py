@@ -30,6 +30,7 @@ from pipeline.errors import require_input
 from pipeline.layout import Layout, join
 from pipeline.spark import get_spark
 from pipeline.store import Attempt, ImageStore, image_settings, store_root, transient_col
+from pipeline.texts import TEXT_COLUMNS
 from pipeline.wit import UPLOAD_BASE, is_commons_url
 
 log = logging.getLogger(__name__)
@@ -190,13 +191,13 @@ def build_index(images, manifest, names: list[str]):
 
     located = manifest.select("image_key", "status", "shard", "offset", "size", "error")
     return (
-        images.select("image_key", "file_title", "split", "labeled", "labels", "labels_hier")
+        images.select("image_key", "file_title", "split", "labeled", "labels", "labels_hier", *TEXT_COLUMNS)
         .withColumn("multi_hot", hot("labels"))
         .withColumn("multi_hot_hier", hot("labels_hier"))
         .join(located, "image_key", "left")
         .withColumn("status", F.coalesce("status", F.lit("missing")))
         .select("image_key", "file_title", "split", "labeled", "labels", "labels_hier", "multi_hot",
-                "multi_hot_hier", "status", "shard", "offset", "size", "error")
+                "multi_hot_hier", "status", "shard", "offset", "size", "error", *TEXT_COLUMNS)
     )
 
 

@@ -163,7 +163,7 @@ def _run(spark, settings, layout, files, redirects_path, labels_path) -> dict:
     w = settings.wit
     raw = classify(read_wit(spark, files), settings)
     kept_cols = [
-        "raw_title", "page_title", "caption_reference_description", "caption_attribution_description",
+        "raw_title", "page_title", "section_title", "caption_reference_description", "caption_attribution_description",
         "caption_alt_text_description", "mime_type", "original_width", "original_height",
     ]
     bad = F.col("reason").isin("malformed", "bad_url")
@@ -228,6 +228,7 @@ def _run(spark, settings, layout, files, redirects_path, labels_path) -> dict:
         F.max(F.col("original_width").try_cast("double").try_cast("int")).alias("original_width"),
         F.max(F.col("original_height").try_cast("double").try_cast("int")).alias("original_height"),
         text_list("page_title").alias("page_titles"),
+        text_list("section_title").alias("section_titles"),
         text_list("caption_reference_description").alias("reference_captions"),
         text_list("caption_attribution_description").alias("attribution_captions"),
         text_list("caption_alt_text_description").alias("alt_captions"),
@@ -250,6 +251,7 @@ def _run(spark, settings, layout, files, redirects_path, labels_path) -> dict:
             F.col("original_width"),
             F.col("original_height"),
             F.col("page_titles"),
+            F.col("section_titles"),
             F.col("reference_captions"),
             F.col("attribution_captions"),
             F.col("alt_captions"),

@@ -76,6 +76,34 @@ def test_store_is_webdataset_without_labels_and_the_index_has_them(nights):
     assert len(index["multi_hot"].iloc[0]) == 31 and {"labels", "split", "shard", "offset"} <= set(index.columns)
 
 
+def test_no_category_of_a_file_reaches_the_models_text_input(demo):
+    """The model reads the image index's texts (``pipeline.texts``): the WIT captions, article and
+    section titles and the file name, never the category links the labels come from. On the sample no
+    generated file's text names one of its categories; the hand-written fixture files may, in their
+    own name and articles, as real ones do ("Kasteel van Gaasbeek 2019.jpg" in Kasteel van Gaasbeek)."""
+    import pyarrow.parquet as pq
+
+    from pipeline import texts
+    from pipeline.sample.generator import FIXTURE_FILES
+
+    root, result = demo
+    truth = json.loads((root / "data" / "sample" / "truth.json").read_text())
+    fixtures = {t for t, *_ in FIXTURE_FILES}
+    categories = {f["title"]: f["categories"] for f in truth["files"] if f["title"] not in fixtures}
+    index = pq.read_table(result["image_index"]).to_pylist()
+    checked = 0
+    for row in index:
+        if row["file_title"] not in categories:
+            continue
+        words = "\n".join(texts.row_texts(row, texts.FIELDS)).lower()
+        for cat in categories[row["file_title"]]:
+            assert cat.lower() not in words, (row["file_title"], cat, words)
+        checked += bool(categories[row["file_title"]])
+    assert checked > 50
+    with_words = sum(any(texts.row_texts(r, texts.FIELDS)[1:]) for r in index)
+    assert 0 < with_words <= len(index)
+
+
 def test_mlflow_run_has_test_metrics_and_model(demo):
     import mlflow
 

@@ -51,7 +51,7 @@ def write_wit_images(layout: Layout, titles: list[str], labels_of=None):
             "image_key": image_key(t), "file_title": t, "image_url": commons_url(t),
             "mime_type": "image/svg+xml" if t.endswith(".svg") else "image/jpeg",
             "original_width": 4000, "original_height": 3000,
-            "page_titles": [f"Page {i}"], "reference_captions": [f"ref {i}"], "attribution_captions": [],
+            "page_titles": [f"Page {i}"], "section_titles": [], "reference_captions": [f"ref {i}"], "attribution_captions": [],
             "alt_captions": [], "n_rows": 1, "labeled": labeled,
             "labels": (labels_of or {}).get(t, ["Plants"]) if labeled else [],
             "labels_hier": ["STEM", "Nature", "Plants"] if labeled else [],
@@ -60,8 +60,8 @@ def write_wit_images(layout: Layout, titles: list[str], labels_of=None):
     schema = pa.schema([
         ("image_key", pa.string()), ("file_title", pa.string()), ("image_url", pa.string()),
         ("mime_type", pa.string()), ("original_width", pa.int32()), ("original_height", pa.int32()),
-        ("page_titles", pa.list_(pa.string())), ("reference_captions", pa.list_(pa.string())),
-        ("attribution_captions", pa.list_(pa.string())), ("alt_captions", pa.list_(pa.string())),
+        ("page_titles", pa.list_(pa.string())), ("section_titles", pa.list_(pa.string())),
+        ("reference_captions", pa.list_(pa.string())), ("attribution_captions", pa.list_(pa.string())), ("alt_captions", pa.list_(pa.string())),
         ("n_rows", pa.int32()), ("labeled", pa.bool_()), ("labels", pa.list_(pa.string())),
         ("labels_hier", pa.list_(pa.string())), ("split", pa.string()),
     ])

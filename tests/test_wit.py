@@ -154,7 +154,7 @@ def test_wit_stage(spark, tmp_path):
     df = spark.read.parquet(layout.wit_images)
     assert [f.name for f in df.schema.fields] == [
         "image_key", "file_title", "image_url", "mime_type", "original_width", "original_height",
-        "page_titles", "reference_captions", "attribution_captions", "alt_captions", "n_rows",
+        "page_titles", "section_titles", "reference_captions", "attribution_captions", "alt_captions", "n_rows",
         "labeled", "labels", "labels_hier", "split",
     ]
     rows = {r["file_title"]: r.asDict() for r in df.collect()}

@@ -23,6 +23,7 @@ from pipeline.errors import StageError
 from pipeline.imaging import ImageError, preprocess
 from pipeline.layout import Layout
 from pipeline.store import close_handles, read_payload, store_root  # noqa: F401  (close_handles re-exported)
+from pipeline.texts import TEXT_COLUMNS
 
 STAGE = "train"
 
@@ -41,6 +42,8 @@ class ShardIndex:
     unlabeled: int = 0
     missing: int = 0  # labeled, but the store has no bytes (download failed)
     extra: dict = field(default_factory=dict)
+    source: str = ""  # the image index it was read from
+    texts: object = None  # pyarrow Table of the text columns, row-aligned; read on demand (read_texts)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -84,7 +87,48 @@ def read_index(index_path: str, split: str, num_labels: int, hierarchical: bool,
         y=y.reshape(len(table), num_labels),
         unlabeled=unlabeled,
         missing=missing,
+        source=index_path,
     )
+
+
+def _text_table(index: ShardIndex):
+    """The index's text columns for ``index``'s images, in its row order (read once, kept)."""
+    if index.texts is None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        dataset = ds.dataset(index.source, format="parquet")
+        missing = [c for c in ("file_title", *TEXT_COLUMNS) if c not in dataset.schema.names]
+        if missing:
+            raise StageError(STAGE, index.source, f"the image index has no text columns {missing} "
+                                                  f"(written before texts were indexed: re-run the shard stage)")
+        table = dataset.to_table(columns=["image_key", "file_title", *TEXT_COLUMNS],
+                                 filter=ds.field("split") == index.split)
+        where = pc.index_in(pa.array(index.keys, pa.string()), table.column("image_key"))
+        if where.null_count:
+            raise StageError(STAGE, index.source, f"{where.null_count} images of split {index.split!r} "
+                                                  f"have no row with texts")
+        index.texts = table.take(where).drop_columns(["image_key"])
+    return index.texts
+
+
+def read_texts(index: ShardIndex, rows, encoding) -> "np.ndarray":
+    """Text ids (rows, fields, tokens) for ``rows`` of ``index``, by ``encoding`` (``pipeline.texts``)."""
+    import pyarrow as pa
+
+    table = _text_table(index).select(encoding.columns).take(pa.array(np.asarray(rows, dtype="int64")))
+    return encoding.encode_rows(table.to_pylist())
+
+
+def read_inputs(index: ShardIndex, rows, inputs: str, image_size: int, encoding=None) -> dict:
+    """The model inputs for ``rows``: ``image`` (uint8) and/or ``text`` (int32 ids), as ``inputs`` says."""
+    out = {}
+    if inputs != "text":
+        out["image"] = read_images(index, rows, image_size)
+    if inputs != "image":
+        out["text"] = read_texts(index, rows, encoding)
+    return out
 
 
 def split_index(settings, split: str, num_labels: int, hierarchical: bool | None = None) -> ShardIndex:
@@ -114,7 +158,11 @@ def read_images(index: ShardIndex, rows, image_size: int) -> np.ndarray:
 
 
 class ShardBatches(keras.utils.PyDataset):
-    """Batches (x float32 NHWC 0..255, y float32 multi-hot) of one split, reshuffled every epoch."""
+    """Batches (x, y float32 multi-hot) of one split, reshuffled every epoch.
+
+    x is float32 NHWC 0..255 for an image model, else a dict with ``image``
+    and/or ``text`` (int32 ids, ``pipeline.texts``).
+    """
 
     def __init__(
         self,
@@ -126,6 +174,8 @@ class ShardBatches(keras.utils.PyDataset):
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
+        inputs: str = "image",
+        encoding=None,
     ):
         super().__init__(workers=max(1, workers), use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if len(index) == 0:
@@ -133,6 +183,7 @@ class ShardBatches(keras.utils.PyDataset):
         self.index = index
         self.batch_size = max(1, min(int(batch_size), len(index)))
         self.image_size = image_size
+        self.inputs, self.encoding = inputs, encoding
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
@@ -150,7 +201,11 @@ class ShardBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = read_images(self.index, rows, self.image_size).astype("float32")
+        if self.inputs == "image":
+            return read_images(self.index, rows, self.image_size).astype("float32"), self.index.y[rows]
+        x = read_inputs(self.index, rows, self.inputs, self.image_size, self.encoding)
+        if "image" in x:
+            x["image"] = x["image"].astype("float32")
         return x, self.index.y[rows]
 
     def on_epoch_end(self):
@@ -161,3 +216,8 @@ class ShardBatches(keras.utils.PyDataset):
 def load_arrays(index: ShardIndex, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A whole (small) split in memory: uint8 images, float32 targets, keys."""
     return read_images(index, np.arange(len(index)), image_size), index.y, list(index.keys)
+
+
+def load_inputs(index: ShardIndex, inputs: str, image_size: int, encoding=None) -> dict:
+    """A whole (small) split's model inputs in memory (``read_inputs`` over every row)."""
+    return read_inputs(index, np.arange(len(index)), inputs, image_size, encoding)

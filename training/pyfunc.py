@@ -1,9 +1,11 @@
 """The registered model: a Keras model plus thresholds and label names, as an MLflow pyfunc.
 
 Artifacts: ``keras_model`` (a ``.keras`` file, float32, no optimizer state),
-``thresholds`` (JSON ``{"labels": [...], "thresholds": [...]}``) and
+``thresholds`` (JSON ``{"labels": [...], "thresholds": [...]}``),
 ``labels`` (JSON ``{"taxonomy": ..., "names": [...], "slugs": [...]}``), so a
-loaded model needs no taxonomy file. The class lives in ``training.pyfunc``,
+loaded model needs no taxonomy file, and ``inputs`` (JSON ``{"inputs":
+"image" | "text" | "image+text", "text": {fields, vocab, max_tokens}}``, how
+texts are encoded; absent in models logged before texts: image). The class lives in ``training.pyfunc``,
 which must be importable where the model is loaded (it is, in this repo's venv
 and on the Spark executors that share it).
 """
@@ -23,18 +25,22 @@ except ImportError:  # loading without MLflow (load_from_dir) still works
 
 
 class TopicModel(_Base):
-    """pyfunc: DataFrame with ``image`` bytes (or uint8 N x H x W x 3) -> ``p_<slug>`` columns + ``predicted``.
+    """pyfunc: DataFrame with ``image`` bytes and/or text columns -> ``p_<slug>`` columns + ``predicted``.
 
-    Images go through ``pipeline.imaging.preprocess`` (center crop, resize), the
-    same function the training loader and batch inference use.
+    Images go through ``pipeline.imaging.preprocess`` (center crop, resize),
+    texts through ``pipeline.texts`` (the image index's columns: ``file_title``,
+    ``page_titles``, ...; a missing column or value is an empty text), the
+    same functions the training loader and batch inference use. An image
+    model also takes uint8 arrays N x H x W x 3.
     """
 
     batch_size = 256
 
     def load_context(self, context):
-        self._load(context.artifacts["keras_model"], context.artifacts["thresholds"], context.artifacts["labels"])
+        self._load(context.artifacts["keras_model"], context.artifacts["thresholds"], context.artifacts["labels"],
+                   context.artifacts.get("inputs"))
 
-    def _load(self, keras_path: str, thresholds_path: str, labels_path: str):
+    def _load(self, keras_path: str, thresholds_path: str, labels_path: str, inputs_path: str | None = None):
         import keras
 
         import training.model  # noqa: F401  (registers the custom layers)
@@ -50,19 +56,52 @@ class TopicModel(_Base):
         if list(thr["labels"]) != self.names:
             raise ValueError("thresholds.json and labels.json disagree on the label order")
         self.thresholds = np.asarray(thr["thresholds"], dtype="float32")
-        self.image_size = int(self.model.input_shape[1])
+        spec = {"inputs": "image", "text": None}
+        if inputs_path:
+            with open(inputs_path, encoding="utf-8") as f:
+                spec = json.load(f)
+        from pipeline.texts import TextEncoding
 
-    def predict_arrays(self, x) -> np.ndarray:
-        """Probabilities (N, labels) for uint8 images N x H x W x 3 of any size: the fast path for batch inference."""
+        self.inputs = spec["inputs"]
+        self.encoding = TextEncoding.from_dict(spec["text"]) if spec.get("text") else None
+        shapes = {t.name: t.shape for t in self.model.inputs}
+        self.image_size = int(shapes["image"][1]) if "image" in shapes else None
+
+    @property
+    def reads_image(self) -> bool:
+        return self.inputs != "text"
+
+    @property
+    def reads_text(self) -> bool:
+        return self.inputs != "image"
+
+    def encode_texts(self, rows) -> np.ndarray:
+        """Text ids for index rows (mappings from index column to value), as training encoded them."""
+        return self.encoding.encode_rows(rows)
+
+    def predict_inputs(self, images=None, text_ids=None) -> np.ndarray:
+        """Probabilities (N, labels): uint8 images N x H x W x 3 of any size and/or text ids, as the model reads."""
         from training.model import predict_probs
 
-        x = np.asarray(x)
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"expected images N x H x W x 3, got shape {x.shape}")
-        from pipeline.imaging import preprocess_array
+        feed = {}
+        if self.reads_image:
+            if images is None:
+                raise ValueError(f"this model reads {self.inputs}: it needs images")
+            x = np.asarray(images)
+            if x.ndim != 4 or x.shape[-1] != 3:
+                raise ValueError(f"expected images N x H x W x 3, got shape {x.shape}")
+            from pipeline.imaging import preprocess_array
 
-        return predict_probs(self.model, preprocess_array(x.astype("uint8", copy=False), self.image_size),
-                             self.batch_size)
+            feed["image"] = preprocess_array(x.astype("uint8", copy=False), self.image_size)
+        if self.reads_text:
+            if text_ids is None:
+                raise ValueError(f"this model reads {self.inputs}: it needs texts")
+            feed["text"] = np.asarray(text_ids, dtype="int32")
+        return predict_probs(self.model, feed if self.inputs != "image" else feed["image"], self.batch_size)
+
+    def predict_arrays(self, x) -> np.ndarray:
+        """Probabilities (N, labels) for uint8 images N x H x W x 3 of any size (image models)."""
+        return self.predict_inputs(images=x)
 
     def predicted_labels(self, probs: np.ndarray) -> list[list[str]]:
         hits = probs >= self.thresholds
@@ -71,30 +110,35 @@ class TopicModel(_Base):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
+        x = ids = None
         if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
             x = model_input
+            if self.reads_text:
+                ids = self.encode_texts([{}] * len(x))
         else:
-            if isinstance(model_input, pd.DataFrame):
-                if "image" not in model_input.columns:
-                    raise ValueError(f"input DataFrame needs an 'image' column of encoded bytes, has {list(model_input.columns)}")
-                column = model_input["image"]
-            else:
-                column = pd.Series(list(model_input))
-            from pipeline.imaging import preprocess
+            frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"image": list(model_input)})
+            if self.reads_image:
+                if "image" not in frame.columns:
+                    raise ValueError(f"input DataFrame needs an 'image' column of encoded bytes, has {list(frame.columns)}")
+                from pipeline.imaging import preprocess
 
-            x = (
-                np.stack([preprocess(bytes(b), self.image_size) for b in column])
-                if len(column)
-                else np.zeros((0, self.image_size, self.image_size, 3), dtype="uint8")
-            )
-        probs = self.predict_arrays(x)
+                x = (
+                    np.stack([preprocess(bytes(b), self.image_size) for b in frame["image"]])
+                    if len(frame)
+                    else np.zeros((0, self.image_size, self.image_size, 3), dtype="uint8")
+                )
+            if self.reads_text:
+                present = [c for c in self.encoding.columns if c in frame.columns]
+                ids = self.encode_texts(frame[present].to_dict("records") if present else [{}] * len(frame))
+        probs = self.predict_inputs(x, ids)
         out = pd.DataFrame({f"p_{s}": probs[:, j].astype("float64") for j, s in enumerate(self.slugs)})
         out["predicted"] = self.predicted_labels(probs)
         return out
 
 
-def artifacts_for(dir_path: str, model, names, slugs, thresholds, taxonomy: str) -> dict:
-    """Write the three artifacts into ``dir_path``; returns the ``artifacts`` dict for log_model."""
+def artifacts_for(dir_path: str, model, names, slugs, thresholds, taxonomy: str, inputs: str = "image",
+                  encoding=None) -> dict:
+    """Write the four artifacts into ``dir_path``; returns the ``artifacts`` dict for log_model."""
     import os
 
     keras_path = os.path.join(dir_path, "model.keras")
@@ -105,7 +149,26 @@ def artifacts_for(dir_path: str, model, names, slugs, thresholds, taxonomy: str)
     labels_path = os.path.join(dir_path, "labels.json")
     with open(labels_path, "w", encoding="utf-8") as f:
         json.dump({"taxonomy": taxonomy, "names": list(names), "slugs": list(slugs)}, f, indent=2)
-    return {"keras_model": keras_path, "thresholds": thr_path, "labels": labels_path}
+    inputs_path = os.path.join(dir_path, "inputs.json")
+    with open(inputs_path, "w", encoding="utf-8") as f:
+        json.dump({"inputs": inputs, "text": encoding.as_dict() if inputs != "image" else None}, f, indent=2)
+    return {"keras_model": keras_path, "thresholds": thr_path, "labels": labels_path, "inputs": inputs_path}
+
+
+def signature(slugs, inputs: str = "image", encoding=None):
+    """The served model's signature: image bytes and/or the text columns in; probabilities and labels out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import DataType
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    cols = []
+    if inputs != "text":
+        cols.append(ColSpec(DataType.binary, "image"))
+    if inputs != "image":
+        for c in encoding.columns:
+            cols.append(ColSpec(DataType.string if c == "file_title" else Array(DataType.string), c, required=False))
+    out = [ColSpec(DataType.double, f"p_{s}") for s in slugs] + [ColSpec(Array(DataType.string), "predicted")]
+    return ModelSignature(inputs=Schema(cols), outputs=Schema(out))
 
 
 def pip_requirements() -> list[str]:
@@ -121,12 +184,13 @@ def pip_requirements() -> list[str]:
     return reqs
 
 
-def log_model(name: str, artifacts: dict):
+def log_model(name: str, artifacts: dict, model_signature=None):
     """Log a TopicModel under the active run; returns MLflow's ModelInfo."""
     import mlflow
 
     return mlflow.pyfunc.log_model(
-        name=name, python_model=TopicModel(), artifacts=artifacts, pip_requirements=pip_requirements()
+        name=name, python_model=TopicModel(), artifacts=artifacts, pip_requirements=pip_requirements(),
+        signature=model_signature,
     )
 
 

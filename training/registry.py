@@ -44,8 +44,9 @@ def champion(settings: Settings):
 def score_champion(settings: Settings, version, test_index, y_test, names, fingerprint: str) -> dict:
     """The champion's test figures on the challenger's test split, with the challenger's labels.
 
-    The champion is loaded as the registered pyfunc and reads the same stored
-    images through the same preprocessing, at its own input size. Failures are
+    The champion is loaded as the registered pyfunc and reads what it was
+    trained on (images at its own input size, texts by its own encoding) for
+    the same test images, so any two ``train.inputs`` modes compare. Failures are
     returned as ``error`` (the gate then refuses to promote), never raised.
     """
     from training import data, metrics
@@ -56,8 +57,8 @@ def score_champion(settings: Settings, version, test_index, y_test, names, finge
         predictor = load_predictor(f"models:/{version.name}/{version.version}", settings)
         if list(predictor.names) != list(names):
             raise ValueError(f"champion v{version.version} predicts another label set ({len(predictor.names)} labels)")
-        x, _, _ = data.load_arrays(test_index, predictor.image_size)
-        probs = predictor.predict_arrays(x)
+        x = data.load_inputs(test_index, predictor.inputs, predictor.image_size, predictor.encoding)
+        probs = predictor.predict_inputs(x.get("image"), x.get("text"))
         figures = metrics.evaluate(y_test, probs, predictor.thresholds, names)
         # per label too, as the challenger's test_ap_<slug>, for the report's side-by-side table
         figures.update({f"ap_{s}": metrics.average_precision(y_test[:, j], probs[:, j])

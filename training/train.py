@@ -1,4 +1,7 @@
-"""Stage ``train``: fit the EfficientNet topic classifier on the image store, evaluate, track, register.
+"""Stage ``train``: fit the topic classifier on the image store and texts, evaluate, track, register.
+
+``train.inputs`` says what the model reads: pixels, the image's texts, or both
+(``training.model``).
 
 Flow: index the four splits from the run's image index (labeled, stored images only) -> fit on train with early
 stopping on validation loss (best weights restored) -> per-label thresholds on
@@ -106,7 +109,8 @@ def run(settings: Settings) -> dict:
 
     from training import data, metrics, pyfunc, registry
     from training.losses import make_loss
-    from training.model import build_model, predict_probs
+    from pipeline.texts import TextEncoding, has_text
+    from training.model import build_model, check_inputs, predict_probs
     from training.thresholds import fit_thresholds
 
     t = settings.train
@@ -114,6 +118,8 @@ def run(settings: Settings) -> dict:
         raise ValueError(f"train.head must be 'flat' or 'chmcnn', not {t.head!r}")
     if t.head == "chmcnn" and not t.hierarchical:
         raise ValueError("train.head=chmcnn needs train.hierarchical=true (targets closed under ancestors)")
+    inputs = check_inputs(t.inputs)
+    encoding = TextEncoding.from_settings(t) if inputs != "image" else None
     keras.utils.set_random_seed(t.seed)
     tax = Taxonomy.load(settings.label.taxonomy)
     names, slugs, n_labels = tax.names, tax.slugs, len(tax.names)
@@ -140,18 +146,23 @@ def run(settings: Settings) -> dict:
         "dump_date": settings.paths.dump_date,
         registry.TAG_FINGERPRINT: fingerprint,
         "image_index": layout.image_index,
+        "inputs": inputs,
     }
     try:
-        with tracking.start_run(run_name=f"{t.backbone}-{t.loss}-{settings.paths.dump_date}", tags=run_tags,
+        with tracking.start_run(run_name=f"{t.backbone if inputs != 'text' else 'text'}-{t.loss}-"
+                                         f"{settings.paths.dump_date}", tags=run_tags,
                                 settings=settings) as active:
             run_id = active.info.run_id
             tracking.log_params(_params(settings, counts, batch, distribution))
             ancestor = tax.ancestor_matrix() if t.head == "chmcnn" else None
+            text_args = dict(inputs=inputs, text_shape=encoding.shape if encoding else (1, 1),
+                             text_vocab=t.text_vocab, text_dim=t.text_dim, drop_text=t.drop_text,
+                             drop_image=t.drop_image, seed=t.seed)
             with scope:
                 try:
                     model = build_model(
-                        n_labels, t.backbone, t.weights, size, t.trainable, t.head == "chmcnn", ancestor,
-                        bn_momentum=t.bn_momentum,
+                        n_labels, t.backbone, t.weights if inputs != "text" else "none", size, t.trainable,
+                        t.head == "chmcnn", ancestor, bn_momentum=t.bn_momentum, **text_args,
                     )
                 except Exception as e:
                     if t.weights == "imagenet":
@@ -171,11 +182,11 @@ def run(settings: Settings) -> dict:
                 )
             train_ds = data.ShardBatches(
                 idx["train"], batch, size, shuffle=True, seed=t.seed,
-                workers=t.workers, use_multiprocessing=t.use_multiprocessing,
+                workers=t.workers, use_multiprocessing=t.use_multiprocessing, inputs=inputs, encoding=encoding,
             )
             val_ds = data.ShardBatches(
                 idx["validation"], batch, size, shuffle=False,
-                workers=t.workers, use_multiprocessing=t.use_multiprocessing,
+                workers=t.workers, use_multiprocessing=t.use_multiprocessing, inputs=inputs, encoding=encoding,
             )
             logger, stop = _make_callbacks(t.patience)
             t0 = time.perf_counter()
@@ -190,19 +201,37 @@ def run(settings: Settings) -> dict:
 
             # Export a float32 copy without optimizer state: what gets served.
             keras.mixed_precision.set_global_policy("float32")
-            export = build_model(n_labels, t.backbone, "none", size, "all", t.head == "chmcnn", ancestor)
+            export = build_model(n_labels, t.backbone, "none", size, "all", t.head == "chmcnn", ancestor,
+                                 **text_args)
             export.set_weights(model.get_weights())
 
-            x_thr, y_thr, _ = data.load_arrays(idx["threshold"], size)
+            def split_inputs(split):
+                return data.load_inputs(idx[split], inputs, size, encoding), idx[split].y
+
+            x_thr, y_thr = split_inputs("threshold")
             p_thr = predict_probs(export, x_thr, batch)
             thresholds = fit_thresholds(y_thr, p_thr, seed=t.seed)
             del x_thr
 
-            x_test, y_test, _ = data.load_arrays(idx["test"], size)
-            predict_probs(export, x_test[:batch], batch)  # warm-up: exclude tracing from the timing
+            x_test, y_test = split_inputs("test")
+            warm = {k: v[:batch] for k, v in x_test.items()}
+            predict_probs(export, warm, batch)  # warm-up: exclude tracing from the timing
             t1 = time.perf_counter()
             p_test = predict_probs(export, x_test, batch)
-            predict_ips = len(x_test) / max(time.perf_counter() - t1, 1e-9)
+            predict_ips = len(y_test) / max(time.perf_counter() - t1, 1e-9)
+            text_figures = {}
+            if "text" in x_test:
+                # How the model does where the words are missing: the test images that have none,
+                # and every test image with its text removed.
+                no_text = ~has_text(x_test["text"])
+                text_figures["test_images_without_text"] = int(no_text.sum())
+                if no_text.any():
+                    text_figures["test_macro_auc_pr_images_without_text"] = metrics.evaluate(
+                        y_test[no_text], p_test[no_text], thresholds, names)["macro_auc_pr"]
+                if inputs == "image+text":
+                    blank = predict_probs(export, {**x_test, "text": np.zeros_like(x_test["text"])}, batch)
+                    text_figures["test_macro_auc_pr_text_removed"] = metrics.evaluate(
+                        y_test, blank, thresholds, names)["macro_auc_pr"]
             del x_test
 
             test_metrics = metrics.evaluate(y_test, p_test, thresholds, names, train_counts=positives)
@@ -228,6 +257,7 @@ def run(settings: Settings) -> dict:
                     "best_val_loss": float(min(val_losses)) if val_losses else float("nan"),
                     "test_chance_auc_pr": chance,
                     "test_beats_chance": float(beats_chance),
+                    **text_figures,
                 }
             )
             tracking.log_metrics({f"test_ap_{s}": v for s, v in zip(table["slug"], table["average_precision"])})
@@ -262,8 +292,8 @@ def run(settings: Settings) -> dict:
                     tracking.log_artifact(str(tax_file), "taxonomy")
                 tracking.log_text_artifact(tax.version + "\n", "taxonomy_version.txt", "taxonomy")
                 tracking.log_json_artifact(history.history, "history.json")
-                arts = pyfunc.artifacts_for(d, export, names, slugs, thresholds, tax.version)
-                info = pyfunc.log_model("model", arts)
+                arts = pyfunc.artifacts_for(d, export, names, slugs, thresholds, tax.version, inputs, encoding)
+                info = pyfunc.log_model("model", arts, pyfunc.signature(slugs, inputs, encoding))
             logged_model_uri = info.model_uri
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -285,6 +315,8 @@ def run(settings: Settings) -> dict:
         "predict_images_per_s": round(predict_ips, 1),
         "distribution": distribution,
         "backend": keras.backend.backend(),
+        "inputs": inputs,
+        **text_figures,
         **{f"n_{k}": v for k, v in counts.items()},
     }
     # The run is FINISHED here: only now may the registry and its aliases change.

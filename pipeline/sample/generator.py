@@ -44,6 +44,7 @@ from datetime import date, timedelta
 
 import numpy as np
 
+from pipeline.sample import captions
 from pipeline.sample import images as imgs
 from pipeline.sample import mysqldump as md
 from pipeline.sample import names as nm
@@ -276,10 +277,14 @@ def _mask_labels(mask: int, names: list[str]) -> list[str]:
 
 class _Sample:
     def __init__(self, out, seed, images, categories, legacy_schema, dump_date, with_images, wit_files,
-                 revision=0):
+                 revision=0, text_knobs: captions.TextKnobs | None = None):
         self.out, self.seed, self.n_images, self.legacy = out, seed, images, legacy_schema
         self.dump_date, self.with_images, self.wit_files = dump_date, with_images, max(1, wit_files)
         self.rng = random.Random(seed)
+        # The generated files' words (names, articles, captions) have their own generator, so the
+        # rest of the sample is drawn as before they were written from the topics.
+        self.text_rng = random.Random(f"{seed}-texts")
+        self.text_knobs = text_knobs or captions.TextKnobs()
         # A later dump of the same wiki: every REVISED_EVERY-th generated file moved to other categories,
         # and ADDED_PER_REVISION new images (with WIT rows) per revision. Its own generator, so
         # everything else is drawn exactly as in revision 0.
@@ -644,13 +649,9 @@ class _Sample:
             if fmt == "jpeg":
                 return f"IMG {serial:07d}.JPG"
             return f"Unnamed upload {serial}.{ext}"
-        subject = self.cat_title(topical[0])
-        form = rng.randrange(3)
-        if form == 0:
-            return f"{subject} {serial}.{ext}"
-        if form == 1:
-            return f"{subject} ({serial}).{ext}"
-        return f"{subject} - {1990 + serial % 35} - {serial}.{ext}"
+        rng.randrange(3)  # the draw an older name form took, so everything after stays the same
+        labels = _mask_labels(self._file_labels(cats, IMAGE_TAXONOMY), self.tax[IMAGE_TAXONOMY].names)
+        return captions.file_name(self.text_rng, serial, labels, ext, self.text_knobs)
 
     def _image_bytes(self, key: tuple, fmt: str, labels: int) -> tuple[bytes, int, int]:
         rng = np.random.default_rng([self.seed % 2**32, *key])
@@ -681,18 +682,26 @@ class _Sample:
         self.images_written += 1
 
     def _wit(self, title: str, wiki: str, mime: str, w: int, h: int, pages: list[tuple[str, str]], context: str,
-             part: int | None = None):
-        rng = self.rng
+             part: int | None = None, labels: list[str] | None = None):
+        """WIT rows of one image, one per page. With ``labels`` (generated files) the texts are drawn from
+        the topics (``captions``); without (the hand-written fixtures) they repeat the file's name."""
+        rng, trng, knobs = self.rng, self.text_rng, self.text_knobs
         url = image_url(title, wiki)
         stem = title.rsplit(".", 1)[0]
         for i, (lang, page_title) in enumerate(pages):
             section = SECTIONS[rng.randrange(len(SECTIONS))]
             u = rng.random()
-            ref = "" if u < 0.55 else (f'"{stem}"\tas seen\nin {page_title}' if u < 0.6 else f"{stem}.")
-            attribution = (
-                "" if rng.random() < 0.2 else f"English: {stem}, photographed for\tthe article on {page_title}."
-            )
-            alt = "" if rng.random() < 0.85 else stem
+            no_attribution, no_alt = rng.random() < 0.2, rng.random() < 0.85
+            if labels is None:
+                ref = "" if u < 0.55 else (f'"{stem}"\tas seen\nin {page_title}' if u < 0.6 else f"{stem}.")
+                attribution = "" if no_attribution else f"English: {stem}, photographed for\tthe article on {page_title}."
+                alt = "" if no_alt else stem
+            else:
+                section = captions.section(trng)
+                ref = "" if u < 0.55 else captions.caption(trng, labels, knobs)
+                attribution = "" if no_attribution else captions.attribution(trng, labels, knobs)
+                alt = "" if no_alt else captions.alt_text(trng, labels, knobs)
+                context = page_title
             self.wit.write(rng.randrange(self.wit_files) if part is None else part, {
                 "language": lang,
                 "page_url": page_url(page_title, lang),
@@ -824,13 +833,14 @@ class _Sample:
             if redirect is not None and wit_kind == "en":
                 self._save_image(redirect, data)
                 shown = redirect  # WIT names the file by its old title: the pipeline must follow the redirect
-            topical = [c for c in cats if c >= 0 and not self.flags[c]]
-            subject = self.cat_title(topical[0]) if topical else "photography"
+            labels = _mask_labels(mask, self.tax[IMAGE_TAXONOMY].names)
+            subject = captions.page_title(self.text_rng, labels, self.text_knobs)
             if wit_kind == "en":
                 pages = [("en", subject)]
                 for _ in range(rng.choices((0, 1, 2), (0.7, 0.2, 0.1))[0]):
-                    other = self.n_fix + rng.randrange(self.n_gen) if self.n_gen else 0
-                    pages.append(("en", self.cat_title(other)))
+                    if self.n_gen:
+                        rng.randrange(self.n_gen)  # the draw an older page choice took
+                    pages.append(("en", captions.page_title(self.text_rng, labels, self.text_knobs)))
                 if rng.random() < 0.15:
                     pages.append((LANGS[rng.randrange(len(LANGS))], subject))
                 pages = list(dict.fromkeys(pages))
@@ -838,7 +848,7 @@ class _Sample:
                     self._count_label(mask)
             else:
                 pages = [(LANGS[rng.randrange(len(LANGS))], subject)]
-            self._wit(shown, "commons", MIME[fmt], w, h, pages, subject)
+            self._wit(shown, "commons", MIME[fmt], w, h, pages, subject, labels=labels)
         for k in range(self.n_added):  # uploaded since the first dump; drawn after everything else
             j = self.n_gen_files + k
             cats = self._pick_file_categories()
@@ -847,10 +857,11 @@ class _Sample:
             mask = self._file_labels(cats, IMAGE_TAXONOMY)
             data, w, h = self._image_bytes((7, j), "jpeg", mask) if self.with_images else (b"", *self._dims((7, j)))
             self._save_image(title, data)
-            topical = [c for c in cats if c >= 0 and not self.flags[c]]
-            subject = self.cat_title(topical[0]) if topical else "photography"
+            labels = _mask_labels(mask, self.tax[IMAGE_TAXONOMY].names)
+            subject = captions.page_title(self.text_rng, labels, self.text_knobs)
             self._count_label(mask)
-            self._wit(title, "commons", MIME["jpeg"], w, h, [("en", subject)], subject, part=self.wit_files)
+            self._wit(title, "commons", MIME["jpeg"], w, h, [("en", subject)], subject, part=self.wit_files,
+                      labels=labels)
             self.added_files.append(title)
 
     def _dims(self, key) -> tuple[int, int]:
@@ -962,8 +973,12 @@ def generate_sample(
     with_images: bool = True,
     wit_files: int = 2,
     revision: int = 0,
+    text_knobs: captions.TextKnobs | None = None,
 ) -> dict:
     """Write the sample under ``out`` (replacing what was there, atomically) and return a summary.
+
+    ``text_knobs``: how much the generated files' names and captions say about
+    their topics (``pipeline.sample.captions``).
 
     ``revision`` > 0 writes a later dump of the same wiki: the same categories
     and images, with some files recategorized and new images uploaded (listed
@@ -978,7 +993,7 @@ def generate_sample(
     os.makedirs(tmp)
     try:
         summary = _Sample(tmp, seed, images, categories, legacy_schema, dump_date, with_images, wit_files,
-                          revision).run()
+                          revision, text_knobs).run()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

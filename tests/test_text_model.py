@@ -1,0 +1,162 @@
+"""What the words add: image-only, text-only and image+text models trained on the same split.
+
+The synthetic store shows each of an image's labels in its pixels only, in its
+texts only, or in both (``training.synthetic``, ``complementary=True``), so
+each input alone misses labels the other has.
+"""
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import tracking
+from pipeline.config import load_settings
+from pipeline.taxonomy import Taxonomy
+from training import data, synthetic
+from training.pyfunc import load_predictor
+
+SIZES = {"train": 1024, "validation": 64, "threshold": 128, "test": 192}
+TRAIN = {
+    "train.image_size": "32",
+    "train.backbone": "B0",
+    "train.weights": "none",
+    "train.epochs": "1",
+    "train.batch_size": "16",
+    "train.learning_rate": "2e-3",
+    "train.workers": "1",
+    "train.text_vocab": "4096",
+}
+MODES = ("image", "text", "image+text")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    from training import train
+
+    root = tmp_path_factory.mktemp("modes")
+    base = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"), **TRAIN}
+    synthetic.write_images(load_settings(base, environ={}), SIZES, shard_size=200, complementary=True)
+    out = {}
+    for mode in MODES:
+        s = load_settings({**base, "train.inputs": mode}, environ={})
+        out[mode] = (s, train.run(s))
+    return out
+
+
+def _auc(runs, mode):
+    return runs[mode][1]["test_macro_auc_pr"]
+
+
+def test_text_alone_beats_chance_and_stays_far_from_perfect(runs):
+    s, summary = runs["text"]
+    assert summary["inputs"] == "text"
+    assert summary["beats_chance"], summary
+    assert summary["test_macro_auc_pr"] <= 0.8, summary
+
+
+def test_image_and_text_beats_each_alone_on_the_same_split(runs):
+    fingerprints = {runs[m][1]["test_fingerprint"] for m in MODES}
+    assert len(fingerprints) == 1
+    assert _auc(runs, "image+text") > _auc(runs, "image"), {m: _auc(runs, m) for m in MODES}
+    assert _auc(runs, "image+text") > _auc(runs, "text"), {m: _auc(runs, m) for m in MODES}
+
+
+def test_the_gate_compares_a_champion_of_another_mode_on_the_same_split(runs):
+    first, second, third = (runs[m][1] for m in MODES)
+    assert first["champion_before"] is None
+    # each later run scored the champion of its time (another mode) on its own test split
+    for later in (second, third):
+        assert later["champion_before"] is not None
+        c = tracking.client(runs["text"][0])
+        run = c.get_run(later["run_id"])
+        assert run.data.tags["champion_compared"] == str(later["champion_before"])
+        assert "champion_comparison_error" not in run.data.tags, run.data.tags
+        assert np.isfinite(run.data.metrics["champion_test_macro_auc_pr"])
+
+
+def test_image_and_text_model_predicts_without_text(runs):
+    s, summary = runs["image+text"]
+    assert np.isfinite(summary["test_macro_auc_pr_text_removed"])
+    tracking.configure(s)
+    model = load_predictor(f"models:/wiki-image-topics-v1.3/{summary['model_version']}")
+    index = data.split_index(s, "test", len(model.names))
+    x = data.load_inputs(index, "image", model.image_size)["image"][:8]
+    blank = model.predict(None, pd.DataFrame({"image": [_png(im) for im in x]}))  # no text column at all
+    empty = model.predict(None, pd.DataFrame({"image": [_png(im) for im in x], "page_titles": [[]] * 8}))
+    assert np.isfinite(blank.iloc[:, :-1].to_numpy()).all()
+    np.testing.assert_allclose(blank.iloc[:, :-1].to_numpy(), empty.iloc[:, :-1].to_numpy(), atol=1e-6)
+    with_text = model.predict_inputs(x, model.encode_texts(_rows(index, range(8))))
+    assert not np.allclose(blank.iloc[:, :-1].to_numpy(), with_text, atol=1e-4)
+
+
+def _png(im) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(im).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _rows(index, rows):
+    return data._text_table(index).take(list(rows)).to_pylist()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_served_equals_what_training_measured(runs, mode):
+    """The registered pyfunc, fed image bytes and text columns, gives what the loader's arrays give."""
+    import mlflow.pyfunc
+
+    s, summary = runs[mode]
+    tracking.configure(s)
+    uri = f"models:/wiki-image-topics-v1.3/{summary['model_version']}"
+    unwrapped = load_predictor(uri)
+    assert unwrapped.inputs == mode
+    index = data.split_index(s, "test", len(Taxonomy.load("v1.3").names))
+    rows = np.arange(12)
+    x = data.read_inputs(index, rows, mode, 32, unwrapped.encoding)
+    direct = unwrapped.predict_inputs(x.get("image"), x.get("text"))
+
+    frame = pd.DataFrame(_rows(index, rows))
+    if mode != "text":
+        frame["image"] = [_png(im) for im in x["image"]]
+    served = mlflow.pyfunc.load_model(uri).predict(frame)
+    np.testing.assert_allclose(served.iloc[:, :-1].to_numpy(), direct, atol=1e-5)
+    assert list(served.columns)[-1] == "predicted"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_inference_on_spark_equals_the_served_model(runs, mode):
+    """`infer` (Spark, the model shipped to executors) gives what the registered pyfunc serves, and says
+    which inputs the model read and whether each image had text."""
+    import dataclasses
+
+    import mlflow.pyfunc
+    import pyarrow.parquet as pq
+
+    from pipeline.layout import Layout
+    from spark_jobs import batch_inference
+
+    s, summary = runs[mode]
+    uri = f"models:/wiki-image-topics-v1.3/{summary['model_version']}"
+    s = dataclasses.replace(s, tracking=dataclasses.replace(s.tracking, model_uri=uri))
+    out = batch_inference.run(s)
+    assert out["model_inputs"] == mode
+    assert out["rows_without_text"] == (0 if mode != "image" else None)
+    predictions = pq.read_table(Layout.from_settings(s).predictions).to_pandas()
+    assert set(predictions["model_inputs"]) == {mode}
+    index = data.split_index(s, "test", len(Taxonomy.load("v1.3").names))
+    rows = np.arange(10)
+    frame = pd.DataFrame(_rows(index, rows))
+    if mode != "text":
+        frame["image"] = [_png(im) for im in data.read_images(index, rows, 32)]
+    tracking.configure(s)
+    served = mlflow.pyfunc.load_model(uri).predict(frame)
+    batch = predictions.set_index("image_key").loc[[index.keys[r] for r in rows]]
+    cols = [c for c in served.columns if c.startswith("p_")]
+    np.testing.assert_allclose(batch[cols].to_numpy(), served[cols].to_numpy(), atol=1e-5)
+    assert [list(p) for p in batch["predicted"]] == [list(p) for p in served["predicted"]]
+    if mode != "image":
+        assert batch["has_text"].all()
+    else:
+        assert batch["has_text"].isna().all()
