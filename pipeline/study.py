@@ -535,7 +535,7 @@ def input_comparison(settings, run: Run) -> dict | None:
              f"AND tags.heuristics = '{settings.label.heuristics}' AND attributes.status = 'FINISHED'")
     latest = {}
     for r in client.search_runs([experiment], query, order_by=["attributes.start_time DESC"], max_results=200):
-        latest.setdefault(r.data.tags.get("inputs", "image"), r)  # runs from before texts read images
+        latest.setdefault(r.data.tags.get("model_inputs", "image"), r)  # runs from before texts read images
     modes = [m for m in INPUT_MODES if m in latest]
     if len(modes) < 2:
         return None

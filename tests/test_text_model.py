@@ -18,17 +18,10 @@ from pipeline.taxonomy import Taxonomy
 from training import data, synthetic
 from training.pyfunc import load_predictor
 
+from tests.test_training import TRAIN as TRAIN_STAGE
+
 SIZES = {"train": 1024, "validation": 64, "threshold": 128, "test": 192}
-TRAIN = {
-    "train.image_size": "32",
-    "train.backbone": "B0",
-    "train.weights": "none",
-    "train.epochs": "1",
-    "train.batch_size": "16",
-    "train.learning_rate": "2e-3",
-    "train.workers": "1",
-    "train.text_vocab": "4096",
-}
+TRAIN = {**TRAIN_STAGE, "train.text_vocab": "4096"}  # one epoch of B0 at 32 px, as the train stage's tests
 MODES = ("image", "text", "image+text")
 
 
@@ -52,7 +45,7 @@ def _auc(runs, mode):
 
 def test_text_alone_beats_chance_and_stays_far_from_perfect(runs):
     s, summary = runs["text"]
-    assert summary["inputs"] == "text"
+    assert summary["model_inputs"] == "text"
     assert summary["beats_chance"], summary
     assert summary["test_macro_auc_pr"] <= 0.8, summary
 

@@ -146,7 +146,7 @@ def run(settings: Settings) -> dict:
         "dump_date": settings.paths.dump_date,
         registry.TAG_FINGERPRINT: fingerprint,
         "image_index": layout.image_index,
-        "inputs": inputs,
+        "model_inputs": inputs,
     }
     try:
         with tracking.start_run(run_name=f"{t.backbone if inputs != 'text' else 'text'}-{t.loss}-"
@@ -315,7 +315,7 @@ def run(settings: Settings) -> dict:
         "predict_images_per_s": round(predict_ips, 1),
         "distribution": distribution,
         "backend": keras.backend.backend(),
-        "inputs": inputs,
+        "model_inputs": inputs,  # ("inputs" is the stage record's lineage)
         **text_figures,
         **{f"n_{k}": v for k, v in counts.items()},
     }
