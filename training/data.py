@@ -184,6 +184,8 @@ class ShardBatches(keras.utils.PyDataset):
         self.batch_size = max(1, min(int(batch_size), len(index)))
         self.image_size = image_size
         self.inputs, self.encoding = inputs, encoding
+        if inputs != "image":
+            _text_table(index)  # read once here, not by every loader thread at once
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0

@@ -111,8 +111,8 @@ def file_name(rng: random.Random, serial: int, labels, ext: str, knobs: TextKnob
         form = rng.randrange(4)
         if form == 0:
             return f"DSCN{serial}.{ext.upper()}"
-        if form == 1:
-            return f"IMG_{y}{mo:02d}{d:02d}_{serial}.{ext}"
+        if form == 1:  # IMG_20190312_100123.jpg as uploaded: a title has spaces where the name had "_"
+            return f"IMG {y}{mo:02d}{d:02d} {serial}.{ext}"
         if form == 2:
             return f"P{serial}.{ext.upper()}"
         return f"{y}-{mo:02d}-{d:02d} {serial % 24:02d}.{serial % 60:02d} ({serial}).{ext}"

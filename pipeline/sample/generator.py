@@ -852,6 +852,10 @@ class _Sample:
         for k in range(self.n_added):  # uploaded since the first dump; drawn after everything else
             j = self.n_gen_files + k
             cats = self._pick_file_categories()
+            for _ in range(10):  # categorized, so that the new dump labels every new image
+                if any(c >= 0 and not self.flags[c] for c in cats):
+                    break
+                cats = self._pick_file_categories()
             title = self._file_name(100_000 + j, cats, "jpeg")
             self._file_page(title, cats)
             mask = self._file_labels(cats, IMAGE_TAXONOMY)
