@@ -271,7 +271,8 @@ def _words_section(inputs: dict | None) -> str:
         out.append("<p>The image+text model on the test images that have no text"
                    + (f" ({int(n)})" if n is not None else "") + ": macro AUC(PR) "
                    + _fmt(extra.get("macro_auc_pr_images_without_text")) + "; on every test image with its text "
-                   "removed: " + _fmt(extra.get("macro_auc_pr_text_removed")) + ".</p>")
+                   "removed: " + _fmt(extra.get("macro_auc_pr_text_removed")) + "; with its image removed (as for "
+                   "an image whose download failed): " + _fmt(extra.get("macro_auc_pr_image_removed")) + ".</p>")
     out.append(table(per_label.round(4)) + "</section>")
     return "".join(out)
 

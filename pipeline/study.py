@@ -549,7 +549,8 @@ def input_comparison(settings, run: Run) -> dict | None:
     extra = {}
     if both is not None:
         extra = {k: both.data.metrics.get(f"test_{k}") for k in
-                 ("images_without_text", "macro_auc_pr_images_without_text", "macro_auc_pr_text_removed")}
+                 ("images_without_text", "macro_auc_pr_images_without_text", "macro_auc_pr_text_removed",
+                  "macro_auc_pr_image_removed")}
     return {"per_label": table, "macro": macro, "runs": {m: latest[m].info.run_id for m in modes},
             "image_text": extra}
 

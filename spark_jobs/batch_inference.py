@@ -8,8 +8,9 @@ images of some store shards, reads their bytes by offset, preprocesses them
 as training did (``pipeline.imaging.preprocess``, at the model's input size),
 encodes their texts as training did (``pipeline.texts``, when the model reads
 them) and predicts in batches; the driver only counts. Images without bytes (their
-download failed) get a row too, with null probabilities and their status, so
-the output has one row per image of the WIT stage.
+download failed) get a row too, with their status and null probabilities, or,
+for a model that reads words, probabilities from the words alone; so the
+output has one row per image of the WIT stage.
 """
 
 from __future__ import annotations
@@ -88,10 +89,16 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
         pdf = pdf.sort_values(["shard", "offset"])
         for start in range(0, len(pdf), BATCH):
             chunk = pdf.iloc[start:start + BATCH]
-            images = ids = None
+            images = ids = present = None
             if predictor.reads_image:
+                # only an image+text model gets rows without bytes: it reads their words alone
+                present = (chunk["status"] == "ok").to_numpy().astype("float32")
+                blank = np.zeros((predictor.image_size, predictor.image_size, 3), dtype="uint8")
                 images = []
-                for r in chunk.itertuples(index=False):
+                for r, ok in zip(chunk.itertuples(index=False), present):
+                    if not ok:
+                        images.append(blank)
+                        continue
                     path = f"{store.rstrip('/')}/{r.shard}"
                     try:
                         images.append(preprocess(read_payload(path, r.offset, r.size), predictor.image_size))
@@ -100,7 +107,7 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
                 images = np.stack(images)
             if predictor.reads_text:
                 ids = predictor.encode_texts(chunk[predictor.encoding.columns].to_dict("records"))
-            probs = predictor.predict_inputs(images, ids).astype("float64")
+            probs = predictor.predict_inputs(images, ids, present).astype("float64")
             out = pd.DataFrame({"image_key": chunk["image_key"].to_numpy()})
             for j, s in enumerate(slugs):
                 out[f"p_{s}"] = probs[:, j]
@@ -146,9 +153,11 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
     spark.sparkContext.addArchive(model_zip)
     index = spark.read.parquet(index_path)
     texts = [c for c in ("file_title", *TEXT_COLUMNS) if c in index.columns]  # an older index has none
-    stored = index.where(F.col("status") == "ok").select("image_key", "shard", "offset", "size", *texts)
-    n_shards = stored.select("shard").distinct().count()
-    if n_shards == 0:
+    # A model that reads words predicts every image, with or without bytes; an image model the stored ones.
+    todo = index if model_inputs != "image" else index.where(F.col("status") == "ok")
+    todo = todo.select("image_key", "status", "shard", "offset", "size", *texts)
+    n_shards = index.where(F.col("status") == "ok").select("shard").distinct().count()
+    if n_shards == 0 and model_inputs == "image":
         raise StageError(STAGE, index_path, "no image of this run has bytes in the image store")
 
     slugs = taxonomy.slugs
@@ -158,7 +167,7 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
         + [T.StructField("predicted", T.ArrayType(T.StringType())), T.StructField("has_text", T.BooleanType())]
     )
     store = store_root(settings)
-    predictions = stored.repartition(n_shards, "shard").mapInPandas(
+    predictions = todo.repartition(max(1, n_shards), "shard").mapInPandas(
         lambda it: predict_rows(it, model_name, slugs, store), schema
     )
     result = (

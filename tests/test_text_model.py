@@ -15,6 +15,7 @@ from PIL import Image
 from pipeline import tracking
 from pipeline.config import load_settings
 from pipeline.taxonomy import Taxonomy
+from pipeline.texts import TEXT_COLUMNS
 from training import data, synthetic
 from training.pyfunc import load_predictor
 
@@ -85,6 +86,26 @@ def test_image_and_text_model_predicts_without_text(runs):
     assert not np.allclose(blank.iloc[:, :-1].to_numpy(), with_text, atol=1e-4)
 
 
+def test_image_and_text_model_predicts_from_the_words_where_the_image_is_missing(runs):
+    s, summary = runs["image+text"]
+    assert np.isfinite(summary["test_macro_auc_pr_image_removed"])
+    tracking.configure(s)
+    model = load_predictor(f"models:/wiki-image-topics-v1.3/{summary['model_version']}")
+    index = data.split_index(s, "test", len(model.names))
+    x = data.load_inputs(index, "image", model.image_size)["image"][:6]
+    texts = pd.DataFrame(_rows(index, range(6)))
+    ids = model.encode_texts(_rows(index, range(6)))
+    words_only = model.predict_inputs(None, ids)
+    # rows whose bytes are missing (None, empty) are predicted from their words, the others as usual
+    mixed = model.predict(None, texts.assign(image=[None, b"", *[_png(im) for im in x[2:]]]))
+    np.testing.assert_allclose(mixed.iloc[:2, :-1].to_numpy(), words_only[:2], atol=1e-5)
+    np.testing.assert_allclose(mixed.iloc[2:, :-1].to_numpy(), model.predict_inputs(x[2:], ids[2:]), atol=1e-5)
+    assert not np.allclose(words_only[2:], model.predict_inputs(x[2:], ids[2:]), atol=1e-4)
+    with pytest.raises(ValueError, match="image bytes"):
+        load_predictor(f"models:/wiki-image-topics-v1.3/{runs['image'][1]['model_version']}").predict(
+            None, texts.assign(image=[None, *[_png(im) for im in x[1:]]]))
+
+
 def _png(im) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(im).save(buf, format="PNG")
@@ -153,3 +174,47 @@ def test_batch_inference_on_spark_equals_the_served_model(runs, mode):
         assert batch["has_text"].all()
     else:
         assert batch["has_text"].isna().all()
+
+
+def test_infer_predicts_images_without_bytes_from_their_words(runs, tmp_path):
+    """With an image+text model, `infer` gives images whose download failed probabilities from
+    their words: what the pyfunc serves for a row without image bytes."""
+    import dataclasses
+    import shutil
+
+    import mlflow.pyfunc
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.layout import Layout
+    from spark_jobs import batch_inference
+
+    s, summary = runs["image+text"]
+    uri = f"models:/wiki-image-topics-v1.3/{summary['model_version']}"
+    shutil.copytree(s.paths.data_root, tmp_path / "data")
+    s = dataclasses.replace(s, paths=dataclasses.replace(s.paths, data_root=str(tmp_path / "data")),
+                            tracking=dataclasses.replace(s.tracking, model_uri=uri))
+    index_dir = Layout.from_settings(s).image_index
+    table = pq.read_table(index_dir)
+    failed = set(table.filter(pa.compute.equal(table["split"], "test"))["image_key"].to_pylist()[:3])
+    marked = pa.array([k in failed for k in table["image_key"].to_pylist()])
+    table = table.set_column(table.schema.get_field_index("status"), "status",
+                             pa.compute.if_else(marked, "http_404", table["status"]))
+    for c in ("shard", "offset", "size"):
+        table = table.set_column(table.schema.get_field_index(c), c,
+                                 pa.compute.if_else(marked, pa.scalar(None, table[c].type), table[c]))
+    shutil.rmtree(index_dir)
+    (tmp_path / "idx").mkdir()
+    pq.write_table(table, tmp_path / "idx" / "part-0.parquet")
+    shutil.copytree(tmp_path / "idx", index_dir)
+
+    out = batch_inference.run(s)
+    assert out["rows"] == out["rows_with_probabilities"] == len(table)
+    predictions = pq.read_table(Layout.from_settings(s).predictions).to_pandas().set_index("image_key")
+    rows = table.filter(marked).select(["image_key", "file_title", *TEXT_COLUMNS]).to_pylist()
+    tracking.configure(s)
+    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame(rows).drop(columns=["image_key"]))
+    cols = [c for c in served.columns if c.startswith("p_")]
+    got = predictions.loc[[r["image_key"] for r in rows]]
+    assert (got["status"] == "http_404").all()
+    np.testing.assert_allclose(got[cols].to_numpy(), served[cols].to_numpy(), atol=1e-5)

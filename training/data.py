@@ -122,12 +122,15 @@ def read_texts(index: ShardIndex, rows, encoding) -> "np.ndarray":
 
 
 def read_inputs(index: ShardIndex, rows, inputs: str, image_size: int, encoding=None) -> dict:
-    """The model inputs for ``rows``: ``image`` (uint8) and/or ``text`` (int32 ids), as ``inputs`` says."""
+    """The model inputs for ``rows``: ``image`` (uint8) and/or ``text`` (int32 ids), as ``inputs`` says;
+    an image+text model also gets ``has_image`` (all 1: the index only lists images with bytes)."""
     out = {}
     if inputs != "text":
         out["image"] = read_images(index, rows, image_size)
     if inputs != "image":
         out["text"] = read_texts(index, rows, encoding)
+    if inputs == "image+text":
+        out["has_image"] = np.ones((len(rows), 1), dtype="float32")
     return out
 
 

@@ -7,9 +7,10 @@
   0..255, NHWC);
 - ``text``: the image's texts as hashed token ids ``text`` (fields x tokens,
   ``pipeline.texts``), an embedding bag per field (``TextBag``);
-- ``image+text``: both, concatenated before the hidden layer. While training,
-  ``ModalityDropout`` hides the text of some images and the pixels of others,
-  so the model still predicts when one of the two is missing.
+- ``image+text``: both, concatenated before the hidden layer, plus
+  ``has_image`` (1/0 per row): ``ModalityDropout`` puts a learned vector where
+  the image is missing, and while training hides the text of some images and
+  the pixels of others, so the model still predicts when one is missing.
 
 Every mode ends in the same hidden layer and heads (flat sigmoid or C-HMCNN).
 """
@@ -74,11 +75,14 @@ class TextBag(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="wit_topics")
 class ModalityDropout(keras.layers.Layer):
-    """While training: empty the text of a share of images, replace the pixels' features of another share.
+    """Image features where the image is missing, and modality dropout while training.
 
-    A row never loses both. Dropped image features become a learned
-    "no image" vector; dropped text becomes all padding (``TextBag``'s empty
-    vectors). At inference it passes both through.
+    Inputs: image features, text ids, and ``has_image`` (1 or 0 per row). A row
+    without an image gets a learned "no image" vector instead of its features,
+    so an image whose bytes could not be fetched is still predicted from its
+    words. While training it also empties the text of ``drop_text`` of the
+    rows and hides the image of ``drop_image`` of them (never both), so the
+    model learns to predict with either one missing.
     """
 
     def __init__(self, drop_text: float = 0.0, drop_image: float = 0.0, seed: int | None = None, **kw):
@@ -89,22 +93,22 @@ class ModalityDropout(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
-        features_shape, _ = input_shape
+        features_shape = input_shape[0]
         self.no_image = self.add_weight(shape=(int(features_shape[-1]),), initializer="zeros", name="no_image")
 
     def call(self, inputs, training=None):
-        features, ids = inputs
-        if not training or (self.drop_text == 0 and self.drop_image == 0):
-            return features, ids
-        u = keras.random.uniform((ops.shape(ids)[0],), seed=self.seed_generator)
-        keep_text = ops.cast(ops.greater_equal(u, self.drop_text), ids.dtype)
-        drop_image = ops.logical_and(ops.greater_equal(u, self.drop_text), ops.less(u, self.drop_text + self.drop_image))
-        drop_image = ops.expand_dims(ops.cast(drop_image, features.dtype), -1)
-        features = features * (1.0 - drop_image) + drop_image * ops.cast(self.no_image, features.dtype)[None]
-        return features, ids * keep_text[:, None, None]
+        features, ids, has_image = inputs
+        present = ops.cast(ops.reshape(has_image, (-1, 1)), features.dtype)
+        if training and (self.drop_text > 0 or self.drop_image > 0):
+            u = keras.random.uniform((ops.shape(ids)[0],), seed=self.seed_generator)
+            ids = ids * ops.cast(ops.greater_equal(u, self.drop_text), ids.dtype)[:, None, None]
+            hide = ops.logical_and(ops.greater_equal(u, self.drop_text), ops.less(u, self.drop_text + self.drop_image))
+            present = present * (1.0 - ops.expand_dims(ops.cast(hide, features.dtype), -1))
+        features = features * present + (1.0 - present) * ops.cast(self.no_image, features.dtype)[None]
+        return features, ids
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
+        return tuple(input_shape[:2])
 
     def get_config(self):
         return {**super().get_config(), "drop_text": self.drop_text, "drop_image": self.drop_image, "seed": self.seed}
@@ -201,8 +205,9 @@ def build_model(
         model_inputs["text"] = keras.Input(tuple(text_shape), dtype="int32", name="text")
         ids = model_inputs["text"]
         if inputs == "image+text":
+            model_inputs["has_image"] = keras.Input((1,), dtype="float32", name="has_image")
             features[0], ids = ModalityDropout(drop_text, drop_image, seed, name="modality_dropout")(
-                [features[0], ids])
+                [features[0], ids, model_inputs["has_image"]])
         features.append(TextBag(text_vocab, text_dim, name="text_bag")(ids))
     x = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
     x = keras.layers.Dense(128, activation="relu", name="hidden")(x)
@@ -222,7 +227,7 @@ def predict_probs(model, x, batch_size: int = 256) -> np.ndarray:
     """Probabilities batch by batch (compiled, no tf.data overhead).
 
     ``x``: uint8 or float images (N, H, W, 3) for an image model, or a dict of
-    its inputs (``image`` and/or ``text`` ids) for any model.
+    its inputs (``image``, ``text`` ids, ``has_image``) for any model.
     """
     inputs = x if isinstance(x, dict) else {"image": x}
     n = len(next(iter(inputs.values())))
@@ -231,7 +236,7 @@ def predict_probs(model, x, batch_size: int = 256) -> np.ndarray:
     single = not isinstance(model.input, dict)
     out = []
     for start in range(0, n, batch_size):
-        chunk = {k: np.asarray(v[start : start + batch_size], dtype="float32" if k == "image" else "int32")
+        chunk = {k: np.asarray(v[start : start + batch_size], dtype="int32" if k == "text" else "float32")
                  for k, v in inputs.items()}
         out.append(np.asarray(model.predict_on_batch(next(iter(chunk.values())) if single else chunk),
                               dtype="float32"))

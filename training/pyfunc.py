@@ -27,6 +27,9 @@ except ImportError:  # loading without MLflow (load_from_dir) still works
 class TopicModel(_Base):
     """pyfunc: DataFrame with ``image`` bytes and/or text columns -> ``p_<slug>`` columns + ``predicted``.
 
+    An image+text model takes rows without image bytes (None, empty, or no
+    ``image`` column) and predicts them from their words.
+
     Images go through ``pipeline.imaging.preprocess`` (center crop, resize),
     texts through ``pipeline.texts`` (the image index's columns: ``file_title``,
     ``page_titles``, ...; a missing column or value is an empty text), the
@@ -79,11 +82,22 @@ class TopicModel(_Base):
         """Text ids for index rows (mappings from index column to value), as training encoded them."""
         return self.encoding.encode_rows(rows)
 
-    def predict_inputs(self, images=None, text_ids=None) -> np.ndarray:
-        """Probabilities (N, labels): uint8 images N x H x W x 3 of any size and/or text ids, as the model reads."""
+    def predict_inputs(self, images=None, text_ids=None, has_image=None) -> np.ndarray:
+        """Probabilities (N, labels): uint8 images N x H x W x 3 of any size and/or text ids, as the model reads.
+
+        An image+text model also predicts without images: ``images=None`` (none
+        at all) or ``has_image`` 0 for the rows whose image is missing.
+        """
         from training.model import predict_probs
 
         feed = {}
+        if self.inputs == "image+text":
+            n = len(text_ids)
+            if images is None:
+                images = np.zeros((n, self.image_size, self.image_size, 3), dtype="uint8")
+                has_image = np.zeros(n, dtype="float32")
+            present = np.ones(n, dtype="float32") if has_image is None else np.asarray(has_image, dtype="float32")
+            feed["has_image"] = present.reshape(n, 1)
         if self.reads_image:
             if images is None:
                 raise ValueError(f"this model reads {self.inputs}: it needs images")
@@ -110,7 +124,7 @@ class TopicModel(_Base):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        x = ids = None
+        x = ids = has_image = None
         if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
             x = model_input
             if self.reads_text:
@@ -118,19 +132,27 @@ class TopicModel(_Base):
         else:
             frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"image": list(model_input)})
             if self.reads_image:
-                if "image" not in frame.columns:
+                if "image" not in frame.columns and self.inputs == "image":
                     raise ValueError(f"input DataFrame needs an 'image' column of encoded bytes, has {list(frame.columns)}")
                 from pipeline.imaging import preprocess
 
+                blank = np.zeros((self.image_size, self.image_size, 3), dtype="uint8")
+                column = frame["image"] if "image" in frame.columns else [None] * len(frame)
+                # image+text: a row without image bytes is predicted from its words alone
+                has_image = np.asarray([isinstance(b, (bytes, bytearray, memoryview)) and len(b) > 0 for b in column],
+                                       dtype="float32")
+                if self.inputs == "image" and not has_image.all():
+                    raise ValueError("this model reads images: every row needs image bytes")
                 x = (
-                    np.stack([preprocess(bytes(b), self.image_size) for b in frame["image"]])
+                    np.stack([preprocess(bytes(b), self.image_size) if ok else blank
+                              for b, ok in zip(column, has_image)])
                     if len(frame)
                     else np.zeros((0, self.image_size, self.image_size, 3), dtype="uint8")
                 )
             if self.reads_text:
                 present = [c for c in self.encoding.columns if c in frame.columns]
                 ids = self.encode_texts(frame[present].to_dict("records") if present else [{}] * len(frame))
-        probs = self.predict_inputs(x, ids)
+        probs = self.predict_inputs(x, ids, has_image)
         out = pd.DataFrame({f"p_{s}": probs[:, j].astype("float64") for j, s in enumerate(self.slugs)})
         out["predicted"] = self.predicted_labels(probs)
         return out
@@ -162,8 +184,8 @@ def signature(slugs, inputs: str = "image", encoding=None):
     from mlflow.types.schema import Array, ColSpec, Schema
 
     cols = []
-    if inputs != "text":
-        cols.append(ColSpec(DataType.binary, "image"))
+    if inputs != "text":  # an image+text model also predicts rows without image bytes
+        cols.append(ColSpec(DataType.binary, "image", required=inputs == "image"))
     if inputs != "image":
         for c in encoding.columns:
             cols.append(ColSpec(DataType.string if c == "file_title" else Array(DataType.string), c, required=False))

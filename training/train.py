@@ -221,8 +221,8 @@ def run(settings: Settings) -> dict:
             predict_ips = len(y_test) / max(time.perf_counter() - t1, 1e-9)
             text_figures = {}
             if "text" in x_test:
-                # How the model does where the words are missing: the test images that have none,
-                # and every test image with its text removed.
+                # How the model does where the words are missing (the test images that have none,
+                # every test image with its text removed) and, for image+text, without the pixels.
                 no_text = ~has_text(x_test["text"])
                 text_figures["test_images_without_text"] = int(no_text.sum())
                 if no_text.any():
@@ -232,6 +232,10 @@ def run(settings: Settings) -> dict:
                     blank = predict_probs(export, {**x_test, "text": np.zeros_like(x_test["text"])}, batch)
                     text_figures["test_macro_auc_pr_text_removed"] = metrics.evaluate(
                         y_test, blank, thresholds, names)["macro_auc_pr"]
+                    blind = predict_probs(export, {**x_test, "image": np.zeros_like(x_test["image"]),
+                                                   "has_image": np.zeros_like(x_test["has_image"])}, batch)
+                    text_figures["test_macro_auc_pr_image_removed"] = metrics.evaluate(
+                        y_test, blind, thresholds, names)["macro_auc_pr"]
             del x_test
 
             test_metrics = metrics.evaluate(y_test, p_test, thresholds, names, train_counts=positives)
