@@ -85,7 +85,7 @@ def field_text(value, field: str) -> str:
 
 def row_texts(row, fields) -> list[str]:
     """The texts of ``fields`` for one index row (a mapping from index column to value)."""
-    return [field_text(row.get(FIELDS[f]) if hasattr(row, "get") else row[FIELDS[f]], f) for f in fields]
+    return [field_text(row.get(FIELDS[f]), f) for f in fields]
 
 
 def tokens(text: str) -> list[str]:

@@ -122,10 +122,24 @@ def sigterm_raises():
         raise Terminated(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
+    _RECEIVED.append(received)
     try:
         yield received
     finally:
+        _RECEIVED.remove(received)
         signal.signal(signal.SIGTERM, previous)
+
+
+_RECEIVED: list[dict] = []  # the open sigterm_raises blocks, innermost last
+
+
+def pending_signal() -> int | None:
+    """The SIGTERM the innermost ``sigterm_raises`` received, if any.
+
+    Python ignores an exception raised while it runs a finalizer or weakref
+    callback, so the ``Terminated`` can vanish; long loops check this to stop anyway.
+    """
+    return _RECEIVED[-1]["signum"] if _RECEIVED else None
 
 
 TAG_HOST, TAG_PID, TAG_PROCESS = "owner_host", "owner_pid", "owner_process"
@@ -195,6 +209,8 @@ def start_run(run_name: str | None = None, tags: dict | None = None, params: dic
             if params:
                 log_params(params)
             yield run
+            if received["signum"] is not None:  # its Terminated was swallowed (see pending_signal)
+                raise Terminated(received["signum"])
         except BaseException as e:
             signum = received["signum"]
             surfaced = signum is not None and not isinstance(e, Terminated)

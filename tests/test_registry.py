@@ -151,6 +151,29 @@ def test_sigterm_inside_c_code_still_ends_the_run_terminated(settings):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_sigterm_swallowed_by_a_finalizer_still_ends_the_run_terminated(settings):
+    """Python ignores an exception raised in a finalizer: a SIGTERM that lands there (SQLAlchemy's
+    weakref callbacks run during training) must still end the run FAILED, and a training loop that
+    asks ``pending_signal`` can stop at once."""
+    import gc
+    import os
+    import signal
+
+    class KilledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(tracking.Terminated) as raised:
+        with tracking.start_run(run_name="swallowed") as run:
+            KilledWhileCollected()
+            gc.collect()
+            assert tracking.pending_signal() == signal.SIGTERM  # the block went on: the raise was ignored
+    assert raised.value.code == 128 + signal.SIGTERM
+    got = tracking.client(settings).get_run(run.info.run_id)
+    assert got.info.status == "FAILED" and "signal 15" in got.data.tags["failure"]
+    assert tracking.pending_signal() is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_artifacts_land_under_state_dir(settings, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with tracking.start_run() as run:

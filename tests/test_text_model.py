@@ -71,13 +71,18 @@ def test_the_gate_compares_a_champion_of_another_mode_on_the_same_split(runs):
         assert np.isfinite(run.data.metrics["champion_test_macro_auc_pr"])
 
 
-def test_image_and_text_model_predicts_without_text(runs):
+def _image_text_model(runs, n: int):
+    """The image+text run's summary, its registered model, the test index and its first ``n`` images."""
     s, summary = runs["image+text"]
-    assert np.isfinite(summary["test_macro_auc_pr_text_removed"])
     tracking.configure(s)
     model = load_predictor(f"models:/wiki-image-topics-v1.3/{summary['model_version']}")
     index = data.split_index(s, "test", len(model.names))
-    x = data.load_inputs(index, "image", model.image_size)["image"][:8]
+    return summary, model, index, data.load_inputs(index, "image", model.image_size)["image"][:n]
+
+
+def test_image_and_text_model_predicts_without_text(runs):
+    summary, model, index, x = _image_text_model(runs, 8)
+    assert np.isfinite(summary["test_macro_auc_pr_text_removed"])
     blank = model.predict(None, pd.DataFrame({"image": [_png(im) for im in x]}))  # no text column at all
     empty = model.predict(None, pd.DataFrame({"image": [_png(im) for im in x], "page_titles": [[]] * 8}))
     assert np.isfinite(blank.iloc[:, :-1].to_numpy()).all()
@@ -87,12 +92,8 @@ def test_image_and_text_model_predicts_without_text(runs):
 
 
 def test_image_and_text_model_predicts_from_the_words_where_the_image_is_missing(runs):
-    s, summary = runs["image+text"]
+    summary, model, index, x = _image_text_model(runs, 6)
     assert np.isfinite(summary["test_macro_auc_pr_image_removed"])
-    tracking.configure(s)
-    model = load_predictor(f"models:/wiki-image-topics-v1.3/{summary['model_version']}")
-    index = data.split_index(s, "test", len(model.names))
-    x = data.load_inputs(index, "image", model.image_size)["image"][:6]
     texts = pd.DataFrame(_rows(index, range(6)))
     ids = model.encode_texts(_rows(index, range(6)))
     words_only = model.predict_inputs(None, ids)

@@ -74,6 +74,11 @@ def _make_callbacks(patience: int):
             self.times.append(time.perf_counter() - self._t0)
             tracking.log_metrics({**(logs or {}), "epoch_seconds": self.times[-1]}, step=epoch)
 
+        def on_train_batch_end(self, batch, logs=None):
+            signum = tracking.pending_signal()
+            if signum is not None:  # a SIGTERM whose exception Python swallowed: stop now
+                raise tracking.Terminated(signum)
+
     logger = EpochLogger()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1)
     return logger, stop
