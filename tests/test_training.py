@@ -191,7 +191,7 @@ def test_pyfunc_predicts_from_bytes_and_arrays(trained):
     assert predictor.names == tax.names and predictor.image_size == 32
 
     index = data.split_index(s, "test", len(tax.names))
-    x, y, _ = data.load_arrays(index, 32)
+    x = data.load_inputs(index, "image", 32)["image"]
     probs = predictor.predict_arrays(x[:20])
     assert probs.shape == (20, len(tax.names)) and probs.dtype == np.float32
     assert ((probs >= 0) & (probs <= 1)).all()

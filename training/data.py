@@ -218,11 +218,6 @@ class ShardBatches(keras.utils.PyDataset):
         self._set_order()
 
 
-def load_arrays(index: ShardIndex, image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A whole (small) split in memory: uint8 images, float32 targets, keys."""
-    return read_images(index, np.arange(len(index)), image_size), index.y, list(index.keys)
-
-
 def load_inputs(index: ShardIndex, inputs: str, image_size: int, encoding=None) -> dict:
     """A whole (small) split's model inputs in memory (``read_inputs`` over every row)."""
     return read_inputs(index, np.arange(len(index)), inputs, image_size, encoding)
