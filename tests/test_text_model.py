@@ -140,10 +140,43 @@ def test_served_equals_what_training_measured(runs, mode):
     assert list(served.columns)[-1] == "predicted"
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_batch_inference_on_spark_equals_the_served_model(runs, mode):
+def _index_with_failed_downloads(s, root, n: int):
+    """A copy of the run's data root whose image index marks the first ``n`` test images' downloads
+    failed (HTTP 404, no bytes): the settings that read it, the index and which rows were marked."""
+    import dataclasses
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.layout import Layout
+
+    shutil.copytree(s.paths.data_root, root / "data")
+    s = dataclasses.replace(s, paths=dataclasses.replace(s.paths, data_root=str(root / "data")))
+    index_dir = Layout.from_settings(s).image_index
+    table = pq.read_table(index_dir)
+    failed = set(table.filter(pa.compute.equal(table["split"], "test"))["image_key"].to_pylist()[:n])
+    marked = pa.array([k in failed for k in table["image_key"].to_pylist()])
+    table = table.set_column(table.schema.get_field_index("status"), "status",
+                             pa.compute.if_else(marked, "http_404", table["status"]))
+    for c in ("shard", "offset", "size"):
+        table = table.set_column(table.schema.get_field_index(c), c,
+                                 pa.compute.if_else(marked, pa.scalar(None, table[c].type), table[c]))
+    shutil.rmtree(index_dir)
+    (root / "idx").mkdir()
+    pq.write_table(table, root / "idx" / "part-0.parquet")
+    shutil.copytree(root / "idx", index_dir)
+    return s, table, marked
+
+
+# The text-only model is served above; `infer` runs the two models that read pixels (each run is a
+# Spark job that loads the model in its Python workers: about a minute here).
+@pytest.mark.parametrize("mode", ["image", "image+text"])
+def test_batch_inference_on_spark_equals_the_served_model(runs, mode, tmp_path):
     """`infer` (Spark, the model shipped to executors) gives what the registered pyfunc serves, and says
-    which inputs the model read and whether each image had text."""
+    which inputs the model read and whether each image had text. Images whose download failed get no
+    probabilities from an image model, and from an image+text model what the pyfunc serves for a row
+    without image bytes: a prediction from their words."""
     import dataclasses
 
     import mlflow.pyfunc
@@ -154,68 +187,34 @@ def test_batch_inference_on_spark_equals_the_served_model(runs, mode):
 
     s, summary = runs[mode]
     uri = f"models:/wiki-image-topics-v1.3/{summary['model_version']}"
+    s, table, marked = _index_with_failed_downloads(s, tmp_path, 3)
     s = dataclasses.replace(s, tracking=dataclasses.replace(s.tracking, model_uri=uri))
     out = batch_inference.run(s)
     assert out["model_inputs"] == mode
+    assert out["rows"] == len(table)
+    assert out["rows_with_probabilities"] == len(table) - (3 if mode == "image" else 0)
     assert out["rows_without_text"] == (0 if mode != "image" else None)
-    predictions = pq.read_table(Layout.from_settings(s).predictions).to_pandas()
+    predictions = pq.read_table(Layout.from_settings(s).predictions).to_pandas().set_index("image_key")
     assert set(predictions["model_inputs"]) == {mode}
+    tracking.configure(s)
+    served_model = mlflow.pyfunc.load_model(uri)
+
     index = data.split_index(s, "test", len(Taxonomy.load("v1.3").names))
     rows = np.arange(10)
     frame = pd.DataFrame(_rows(index, rows))
-    if mode != "text":
-        frame["image"] = [_png(im) for im in data.read_images(index, rows, 32)]
-    tracking.configure(s)
-    served = mlflow.pyfunc.load_model(uri).predict(frame)
-    batch = predictions.set_index("image_key").loc[[index.keys[r] for r in rows]]
+    frame["image"] = [_png(im) for im in data.read_images(index, rows, 32)]
+    served = served_model.predict(frame)
     cols = [c for c in served.columns if c.startswith("p_")]
+    batch = predictions.loc[[index.keys[r] for r in rows]]
     np.testing.assert_allclose(batch[cols].to_numpy(), served[cols].to_numpy(), atol=1e-5)
     assert [list(p) for p in batch["predicted"]] == [list(p) for p in served["predicted"]]
-    if mode != "image":
-        assert batch["has_text"].all()
-    else:
-        assert batch["has_text"].isna().all()
 
-
-def test_infer_predicts_images_without_bytes_from_their_words(runs, tmp_path):
-    """With an image+text model, `infer` gives images whose download failed probabilities from
-    their words: what the pyfunc serves for a row without image bytes."""
-    import dataclasses
-    import shutil
-
-    import mlflow.pyfunc
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline.layout import Layout
-    from spark_jobs import batch_inference
-
-    s, summary = runs["image+text"]
-    uri = f"models:/wiki-image-topics-v1.3/{summary['model_version']}"
-    shutil.copytree(s.paths.data_root, tmp_path / "data")
-    s = dataclasses.replace(s, paths=dataclasses.replace(s.paths, data_root=str(tmp_path / "data")),
-                            tracking=dataclasses.replace(s.tracking, model_uri=uri))
-    index_dir = Layout.from_settings(s).image_index
-    table = pq.read_table(index_dir)
-    failed = set(table.filter(pa.compute.equal(table["split"], "test"))["image_key"].to_pylist()[:3])
-    marked = pa.array([k in failed for k in table["image_key"].to_pylist()])
-    table = table.set_column(table.schema.get_field_index("status"), "status",
-                             pa.compute.if_else(marked, "http_404", table["status"]))
-    for c in ("shard", "offset", "size"):
-        table = table.set_column(table.schema.get_field_index(c), c,
-                                 pa.compute.if_else(marked, pa.scalar(None, table[c].type), table[c]))
-    shutil.rmtree(index_dir)
-    (tmp_path / "idx").mkdir()
-    pq.write_table(table, tmp_path / "idx" / "part-0.parquet")
-    shutil.copytree(tmp_path / "idx", index_dir)
-
-    out = batch_inference.run(s)
-    assert out["rows"] == out["rows_with_probabilities"] == len(table)
-    predictions = pq.read_table(Layout.from_settings(s).predictions).to_pandas().set_index("image_key")
-    rows = table.filter(marked).select(["image_key", "file_title", *TEXT_COLUMNS]).to_pylist()
-    tracking.configure(s)
-    served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame(rows).drop(columns=["image_key"]))
-    cols = [c for c in served.columns if c.startswith("p_")]
-    got = predictions.loc[[r["image_key"] for r in rows]]
+    failed = table.filter(marked).select(["image_key", "file_title", *TEXT_COLUMNS]).to_pylist()
+    got = predictions.loc[[r["image_key"] for r in failed]]
     assert (got["status"] == "http_404").all()
-    np.testing.assert_allclose(got[cols].to_numpy(), served[cols].to_numpy(), atol=1e-5)
+    if mode == "image":
+        assert got[cols].isna().all().all() and predictions["has_text"].isna().all()
+    else:
+        assert predictions["has_text"].all()
+        words = served_model.predict(pd.DataFrame(failed).drop(columns=["image_key"]))
+        np.testing.assert_allclose(got[cols].to_numpy(), words[cols].to_numpy(), atol=1e-5)
