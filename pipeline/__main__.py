@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="the sample's images folder")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--render", action="store_true", help="draw images that are not on disk from their names")
 
     p = sub.add_parser("demo", help="generate the sample, serve its images, run the whole Airflow DAG on it")
     p.add_argument("--images", type=int, default=3000)
@@ -141,6 +142,8 @@ def run_stage(command: str, settings, force: bool = False, started: float | None
         summary["fingerprint"] = lineage.file_fingerprint(files) if files else lineage.local_fingerprint(settings)
     else:
         summary["inputs"] = lineage.inputs(settings, command, extra)
+        if summary.get("left_for_later_runs"):  # a capped shard run: the same inputs give more next time
+            summary["inputs"]["progress"] = summary["status_counts"]
         summary["fingerprint"] = lineage.digest(summary["inputs"])
     summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     summary["skipped"] = False
@@ -186,7 +189,8 @@ def main(argv=None) -> int:
         elif command == "serve":
             from pipeline.sample import server
 
-            return server.main(["--root", args.root, "--host", args.host, "--port", str(args.port)])
+            return server.main(["--root", args.root, "--host", args.host, "--port", str(args.port)]
+                               + (["--render"] if args.render else []))
         elif command == "demo":
             from pipeline import demo
 

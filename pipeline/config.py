@@ -155,6 +155,10 @@ class ShardConfig:
     progress_every_s: float = _env("PROGRESS_EVERY_S", 30.0)
     # Re-run: retry images whose last attempt failed transiently (timeout, 429, 5xx...).
     retry_transient: bool = _env("RETRY_TRANSIENT", True)
+    # At most this many downloads per run (0: no cap), so a backfill of millions of images at two
+    # connections spreads over nights: the first N of the plan in image_key order (a hash, so a
+    # uniform sample); the rest are "missing" in the index until a later run fetches them.
+    max_downloads: int = _env("MAX_DOWNLOADS", 0)
 
 
 @dataclass

@@ -11,7 +11,10 @@ and the stage's output is there, the stage does no work and returns the
 recorded summary marked ``skipped`` (``--force`` recomputes anyway).
 
 A nightly run on an unchanged dump therefore ends after ``fetch`` has checked
-its files, and trains and registers nothing.
+its files, and trains and registers nothing. A ``shard`` run capped by
+``shard.max_downloads`` is never fresh while it left images to fetch, and its
+fingerprint also hashes what its index holds (``progress``), so each night of a
+backfill trains and predicts on the images fetched so far.
 """
 
 from __future__ import annotations
@@ -119,6 +122,8 @@ def fresh(settings, stage: str, extra: dict | None = None) -> tuple[dict | None,
     record = recorded(layout, stage)
     if record is None:
         return None, "no earlier run of this stage for this dump"
+    if record.get("left_for_later_runs"):
+        return None, f"its last run left {record['left_for_later_runs']} images for a later run (shard.max_downloads)"
     want = inputs(settings, stage, extra)
     if None in want["upstream"].values():
         return None, "an upstream stage has no recorded fingerprint"

@@ -6,7 +6,8 @@
    same WIT plans nothing.
 2. **Download (this process).** One process fetches the plan with one pooled
    HTTP client: at most ``per_host_concurrency`` requests per host and one
-   bandwidth bucket, so both caps hold for the whole cluster; the User-Agent,
+   bandwidth bucket, so both caps hold for the whole cluster (and at most
+   ``shard.max_downloads`` images a run, in image_key order); the User-Agent,
    Retry-After and every failure status as in ``pipeline.download``. Each
    image is checked and kept as fetched (``pipeline.imaging.store_image``)
    and appended to new store shards; nothing already stored is rewritten.
@@ -18,6 +19,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import threading
@@ -222,6 +224,8 @@ def run(settings: Settings) -> dict:
         check_user_agent(cfg.user_agent, (cfg.mirror_url or host) + "/")
     if cfg.shard_size < 1:
         raise ValueError("shard.shard_size must be >= 1")
+    if cfg.max_downloads < 0:
+        raise ValueError("shard.max_downloads must be >= 0 (0: no cap)")
     taxonomy = Taxonomy.load(settings.label.taxonomy)
     store = ImageStore(store_root(settings), image_settings(cfg))
     spark = get_spark(settings, STAGE)
@@ -236,9 +240,10 @@ def run(settings: Settings) -> dict:
         try:
             plan(images, current_manifest(spark, store), cfg.retry_transient) \
                 .orderBy("image_key").write.parquet(todo)
-            n_todo = spark.read.parquet(todo).count()
-            log.info("image store %s: %d of the run's images to fetch", store.root, n_todo)
-            fetched = download(_iter_rows(todo), n_todo, settings, store)
+            n_planned = spark.read.parquet(todo).count()
+            n_todo = min(n_planned, cfg.max_downloads) if cfg.max_downloads > 0 else n_planned
+            log.info("image store %s: %d of the run's images to fetch, %d this run", store.root, n_planned, n_todo)
+            fetched = download(itertools.islice(_iter_rows(todo), n_todo), n_todo, settings, store)
         finally:
             if atomic.exists(todo):
                 atomic.filesystem(todo).rm(todo, recursive=True)
@@ -259,6 +264,7 @@ def run(settings: Settings) -> dict:
         "status_counts": dict(sorted(statuses.items())),
         "ok": statuses.get("ok", 0),
         "to_download": n_todo,
+        "left_for_later_runs": n_planned - n_todo,
         "downloaded": fetched["attempted"],
         "download": fetched,
         "store_images": int(store_counts["images"] or 0),

@@ -120,3 +120,24 @@ def test_concurrent_requests(mirror):
         results = list(pool.map(fetch, urls * 3))
     assert all(status == 200 for status, _, _ in results)
     assert [Image.open(io.BytesIO(b)).width for _, _, b in results[:6]] == [32, 48, 64] * 2
+
+
+def test_render_draws_files_that_are_not_on_disk(tmp_path):
+    """With render on, any file name gets an image drawn from its name: the same bytes each time, at the
+    requested thumbnail width, in its extension's format; without it, the same request is a 404."""
+    base, stop = server.serve(str(tmp_path), render=True)
+    plain, stop_plain = server.serve(str(tmp_path))
+    try:
+        for title, fmt in [("Nowhere 1.jpg", "JPEG"), ("Nowhere 2.png", "PNG")]:
+            path = f"/wikipedia/commons/thumb/{hash_path(title)}/120px-{hash_path(title).rsplit('/', 1)[1]}"
+            status, headers, body = fetch(base + path)
+            assert status == 200 and headers["Content-Type"] == Image.MIME[fmt]
+            img = Image.open(io.BytesIO(body))
+            assert img.format == fmt and img.width == 120
+            assert fetch(base + path)[2] == body
+            assert fetch(plain + path)[0] == 404
+        one, two = (fetch(local(base, t))[2] for t in ("Nowhere 3.jpg", "Nowhere 4.jpg"))
+        assert one != two and Image.open(io.BytesIO(one)).width >= 800
+    finally:
+        stop()
+        stop_plain()

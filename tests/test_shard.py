@@ -215,6 +215,39 @@ def test_store_statuses_cap_labels_apart_and_resume(spark, tmp_path, mirror):
     assert all(store_files(s2)[p] == after[p] for p in after)
 
 
+def test_a_download_cap_spreads_a_backfill_over_runs_and_never_fetches_twice(spark, tmp_path, mirror):
+    """shard.max_downloads: each run (as the CLI and the DAG run it) fetches the next images in image_key
+    order, is not skipped while images are left, and hands train and infer a new fingerprint each time."""
+    from pipeline.__main__ import run_stage
+    from pipeline.atomic import write_json
+
+    settings = stage_settings(tmp_path, mirror, **{"shard.max_downloads": "3"})
+    layout = Layout.from_settings(settings)
+    write_wit_images(layout, GOOD)
+    write_json(layout.summary("wit"), {"stage": "wit", "fingerprint": "wit-of-this-test"})  # as if `wit` ran
+    serve_titles(mirror, settings, GOOD)
+    order = sorted(GOOD, key=image_key)
+    seen, fingerprints = [], set()
+    for expect in (3, 3, 2):
+        hits_before = dict(mirror.hits)
+        summary = run_stage("shard", settings)
+        assert not summary["skipped"] and summary["downloaded"] == expect
+        assert summary["left_for_later_runs"] == len(GOOD) - len(seen) - expect
+        fetched = [t for t in order if mirror.hits.get(_path(settings, t), 0) > hits_before.get(_path(settings, t), 0)]
+        assert fetched == order[len(seen):len(seen) + expect]  # the next ones in image_key order
+        seen += fetched
+        index = {r["file_title"]: r["status"] for r in pq.read_table(layout.image_index).to_pylist()}
+        assert index == {t: "ok" if t in seen else "missing" for t in GOOD}
+        fingerprints.add(summary["fingerprint"])
+    assert len(fingerprints) == 3
+    assert all(n == 1 for n in mirror.hits.values())
+    assert run_stage("shard", settings)["skipped"]  # all fetched: the next night skips it
+
+
+def _path(settings, title):
+    return unquote(urlsplit(source_url(title, settings.shard, None, 4000)).path)
+
+
 def test_a_killed_run_resumes_to_the_same_manifest(spark, tmp_path, mirror):
     """SIGKILL mid-download, resume: the same images and statuses as an uninterrupted run, none twice."""
     from spark_jobs import shard_images

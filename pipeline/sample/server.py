@@ -8,7 +8,9 @@ Paths mirror the real host, so the downloader only swaps the host
   for SVG sources): a thumbnail <W> pixels wide, made with Pillow and cached.
 
 Like the real thumbnailer, a request at or above the original width gets the
-original bytes. A source Pillow cannot decode (the sample's truncated, empty or
+original bytes. With ``render=True`` (benchmarks at Commons scale, where writing
+every image to disk is what would limit them) a file that is not on disk is drawn
+on the fly from a hash of its name, in its extension's format. A source Pillow cannot decode (the sample's truncated, empty or
 HTML-as-JPEG files) is passed through unchanged, so the client's decode-error
 handling is what catches it. Unknown files, bad thumbnail names and anything
 outside the root give 404.
@@ -105,6 +107,26 @@ def make_thumbnail(path: str, width: int) -> tuple[bytes, str]:
     return buf.getvalue(), ctype
 
 
+RENDERED_FORMATS = {".png": "png", ".svg": "png", ".gif": "gif", ".webp": "webp"}  # else JPEG
+
+
+def render_image(name: str, width: int | None) -> tuple[bytes, str]:
+    """(bytes, content type) of an image drawn from a hash of ``name``: the same bytes on every call."""
+    import zlib
+
+    import numpy as np
+
+    from pipeline.sample import images
+
+    seed = zlib.crc32(name.encode("utf-8"))
+    rng = np.random.default_rng(seed)
+    width = width or int(rng.integers(800, 1600))
+    height = max(1, round(width * rng.uniform(0.6, 1.35)))
+    fmt = RENDERED_FORMATS.get(os.path.splitext(name)[1].lower(), "jpeg")
+    data = images.encode(images.render([seed % 31], width, height, rng), fmt)
+    return data, {"png": "image/png", "gif": "image/gif", "webp": "image/webp"}.get(fmt, "image/jpeg")
+
+
 class RequestCount:
     """Image requests the server answered (GET and HEAD), for tests that assert on downloads."""
 
@@ -116,7 +138,7 @@ class RequestCount:
             self.value += 1
 
 
-def _handler(root: str, cache: ThumbCache, count: RequestCount):
+def _handler(root: str, cache: ThumbCache, count: RequestCount, render: bool = False):
     root = os.path.realpath(root)
 
     class Handler(BaseHTTPRequestHandler):
@@ -150,6 +172,8 @@ def _handler(root: str, cache: ThumbCache, count: RequestCount):
                 if not sep or not px.isdigit() or rest != expected or not 0 < int(px) <= MAX_WIDTH:
                     return 404, None, None
                 local = self._local(["wikipedia", wiki, a, ab, name])
+                if local is None and render:
+                    return (200, *render_image(name, int(px)))
                 if local is None:
                     return 404, None, None
                 key = (local, int(px))
@@ -160,6 +184,8 @@ def _handler(root: str, cache: ThumbCache, count: RequestCount):
                 return 200, item[0], item[1]
             if len(parts) == 5:
                 local = self._local(parts)
+                if local is None and render:
+                    return (200, *render_image(parts[4], None))
                 if local is None:
                     return 404, None, None
                 with open(local, "rb") as f:
@@ -188,11 +214,13 @@ def _handler(root: str, cache: ThumbCache, count: RequestCount):
     return Handler
 
 
-def serve(images_root: str, host: str = "127.0.0.1", port: int = 0, count: RequestCount | None = None):
-    """Serve ``images_root`` in a background thread; return (base_url, stop_fn); ``count`` counts requests."""
+def serve(images_root: str, host: str = "127.0.0.1", port: int = 0, count: RequestCount | None = None,
+          render: bool = False):
+    """Serve ``images_root`` in a background thread; return (base_url, stop_fn); ``count`` counts requests;
+    ``render``: draw files that are not on disk (``render_image``)."""
     if not os.path.isdir(images_root):
         raise FileNotFoundError(f"images root {images_root!r} is not a directory (run `python -m pipeline sample`)")
-    httpd = ThreadingHTTPServer((host, port), _handler(images_root, ThumbCache(), count or RequestCount()))
+    httpd = ThreadingHTTPServer((host, port), _handler(images_root, ThumbCache(), count or RequestCount(), render))
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, name="sample-image-server", daemon=True)
     thread.start()
@@ -210,13 +238,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--root", default="data/sample/images", help="the sample's images/ directory")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--render", action="store_true", help="draw images that are not on disk from their names")
     return parser
 
 
 def main(argv=None) -> int:
     """Serve until interrupted; prints the base URL to use as WIKI_MIRROR_URL."""
     args = add_arguments(argparse.ArgumentParser(prog="pipeline.sample.server")).parse_args(argv)
-    base_url, stop = serve(args.root, args.host, args.port)
+    base_url, stop = serve(args.root, args.host, args.port, render=args.render)
     print(f"serving {args.root} at {base_url} (set WIKI_MIRROR_URL={base_url})", flush=True)
     try:
         threading.Event().wait()
