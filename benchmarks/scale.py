@@ -24,7 +24,6 @@ from the largest size to full Commons (the assumptions are printed with the figu
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -108,7 +107,7 @@ def _event_totals(log_dir: Path) -> dict:
     out = dict.fromkeys(keys, 0)
     local_read = 0
     out["tasks"] = 0
-    for path in glob.glob(str(log_dir / "*")):
+    for path in (p for p in log_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         with open(path, encoding="utf-8") as f:
             for line in f:
                 if '"SparkListenerTaskEnd"' not in line:
@@ -129,8 +128,9 @@ def run_stage(work: Path, stage: str, master: str, extra: dict | None = None) ->
     logs.mkdir(parents=True)
     lake = work / "lake"
     before = _bytes_under(lake)
-    env = {**os.environ, "PYSPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true "
-                                                f"--conf spark.eventLog.dir=file://{logs} pyspark-shell"}
+    conf = {"spark.eventLog.enabled": "true", "spark.eventLog.dir": f"file://{logs}",
+            "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false"}
+    env = {**os.environ, "PYSPARK_SUBMIT_ARGS": " ".join(f"--conf {k}={v}" for k, v in conf.items()) + " pyspark-shell"}
     t = time.time()
     proc = subprocess.run([sys.executable, __file__, "--child", stage, "--workdir", str(work), "--master", master,
                            "--extra", json.dumps(extra or {})], env=env, capture_output=True, text=True)
@@ -140,6 +140,12 @@ def run_stage(work: Path, stage: str, master: str, extra: dict | None = None) ->
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"stage": stage, "wall_s": round(wall, 1), **child, **_event_totals(logs),
             "output_bytes": _bytes_under(lake) - before}
+
+
+def _peak_rss_mb() -> int:
+    """This process's peak RSS since it exec'd (VmHWM): ru_maxrss would carry over the parent's peak."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024)
 
 
 def child(stage: str, work: Path, master: str, extra: dict) -> None:
@@ -166,7 +172,7 @@ def child(stage: str, work: Path, master: str, extra: dict) -> None:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"stage_s": round(stage_s, 1), "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime
                                                                     + kids.ru_stime, 1),
-                      "driver_rss_mb": round(me.ru_maxrss / 1024), "jvm_rss_mb": round(kids.ru_maxrss / 1024),
+                      "driver_rss_mb": _peak_rss_mb(), "jvm_rss_mb": round(kids.ru_maxrss / 1024),
                       "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}))
 
 
