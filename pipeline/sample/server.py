@@ -8,12 +8,13 @@ Paths mirror the real host, so the downloader only swaps the host
   for SVG sources): a thumbnail <W> pixels wide, made with Pillow and cached.
 
 Like the real thumbnailer, a request at or above the original width gets the
-original bytes. With ``render=True`` (benchmarks at Commons scale, where writing
-every image to disk is what would limit them) a file that is not on disk is drawn
-on the fly from a hash of its name, in its extension's format. A source Pillow cannot decode (the sample's truncated, empty or
+original bytes. A source Pillow cannot decode (the sample's truncated, empty or
 HTML-as-JPEG files) is passed through unchanged, so the client's decode-error
-handling is what catches it. Unknown files, bad thumbnail names and anything
-outside the root give 404.
+handling is what catches it. With ``render=True`` (benchmarks at Commons scale,
+where writing every image to disk is what would limit them) a file that is not
+on disk is drawn on the fly from a hash of its name, in its extension's format.
+Bad thumbnail names, anything outside the root and (without ``render``) unknown
+files give 404.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def render_image(name: str, width: int | None) -> tuple[bytes, str]:
     height = max(1, round(width * rng.uniform(0.6, 1.35)))
     fmt = RENDERED_FORMATS.get(os.path.splitext(name)[1].lower(), "jpeg")
     data = images.encode(images.render([seed % 31], width, height, rng), fmt)
-    return data, {"png": "image/png", "gif": "image/gif", "webp": "image/webp"}.get(fmt, "image/jpeg")
+    return data, content_type("image." + ("jpg" if fmt == "jpeg" else fmt))
 
 
 class RequestCount:
