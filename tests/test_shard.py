@@ -225,7 +225,7 @@ def test_a_download_cap_spreads_a_backfill_over_runs_and_never_fetches_twice(spa
     layout = Layout.from_settings(settings)
     write_wit_images(layout, GOOD)
     write_json(layout.summary("wit"), {"stage": "wit", "fingerprint": "wit-of-this-test"})  # as if `wit` ran
-    serve_titles(mirror, settings, GOOD)
+    path_of = serve_titles(mirror, settings, GOOD)
     order = sorted(GOOD, key=image_key)
     seen, fingerprints = [], set()
     for expect in (3, 3, 2):
@@ -233,7 +233,7 @@ def test_a_download_cap_spreads_a_backfill_over_runs_and_never_fetches_twice(spa
         summary = run_stage("shard", settings)
         assert not summary["skipped"] and summary["downloaded"] == expect
         assert summary["left_for_later_runs"] == len(GOOD) - len(seen) - expect
-        fetched = [t for t in order if mirror.hits.get(_path(settings, t), 0) > hits_before.get(_path(settings, t), 0)]
+        fetched = [t for t in order if mirror.hits.get(path_of[t], 0) > hits_before.get(path_of[t], 0)]
         assert fetched == order[len(seen):len(seen) + expect]  # the next ones in image_key order
         seen += fetched
         index = {r["file_title"]: r["status"] for r in pq.read_table(layout.image_index).to_pylist()}
@@ -242,10 +242,6 @@ def test_a_download_cap_spreads_a_backfill_over_runs_and_never_fetches_twice(spa
     assert len(fingerprints) == 3
     assert all(n == 1 for n in mirror.hits.values())
     assert run_stage("shard", settings)["skipped"]  # all fetched: the next night skips it
-
-
-def _path(settings, title):
-    return unquote(urlsplit(source_url(title, settings.shard, None, 4000)).path)
 
 
 def test_a_killed_run_resumes_to_the_same_manifest(spark, tmp_path, mirror):
