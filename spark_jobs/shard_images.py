@@ -203,10 +203,23 @@ def build_index(images, manifest, names: list[str]):
     )
 
 
-def _iter_rows(path: str, batch_size: int = 2048):
+# The plan's Parquet row groups (bytes): the downloader holds about one at a time, so its memory
+# stays flat however many images the plan holds (Spark's default, 128 MB, grows with the plan).
+PLAN_ROW_GROUP_BYTES = 1 << 20
+
+
+def write_plan(todo, path: str) -> None:
+    """The images to fetch, in image_key order, in small row groups for ``iter_plan``."""
+    todo.orderBy("image_key").write.option("parquet.block.size", PLAN_ROW_GROUP_BYTES).parquet(path)
+
+
+def iter_plan(path: str, batch_size: int = 2048):
+    """The plan's rows in order, reading one row group of one file ahead at most."""
     import pyarrow.dataset as ds
 
-    for batch in ds.dataset(path, format="parquet").to_batches(columns=TODO_COLUMNS, batch_size=batch_size):
+    batches = ds.dataset(path, format="parquet").to_batches(
+        columns=TODO_COLUMNS, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
+    for batch in batches:
         yield from batch.to_pylist()
 
 
@@ -238,12 +251,11 @@ def run(settings: Settings) -> dict:
         # The plan is scratch: written by Spark, streamed by the downloader, then deleted.
         todo = atomic.temp_sibling(join(layout.root, "_staging", "shard_todo", layout.label_key))
         try:
-            plan(images, current_manifest(spark, store), cfg.retry_transient) \
-                .orderBy("image_key").write.parquet(todo)
+            write_plan(plan(images, current_manifest(spark, store), cfg.retry_transient), todo)
             n_planned = spark.read.parquet(todo).count()
             n_todo = min(n_planned, cfg.max_downloads) if cfg.max_downloads > 0 else n_planned
             log.info("image store %s: %d of the run's images to fetch, %d this run", store.root, n_planned, n_todo)
-            fetched = download(itertools.islice(_iter_rows(todo), n_todo), n_todo, settings, store)
+            fetched = download(itertools.islice(iter_plan(todo), n_todo), n_todo, settings, store)
         finally:
             if atomic.exists(todo):
                 atomic.filesystem(todo).rm(todo, recursive=True)

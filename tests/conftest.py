@@ -69,24 +69,3 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured")
         for name, value in _METRICS:
             terminalreporter.write_line(f"{name}: {value}")
-
-
-# The files that take longest (a fresh clone's `--durations=0`, 2026-12-03), longest first.
-SLOW_FILES = ("test_text_model.py", "test_label_topics.py", "test_realgraph.py", "test_cluster.py",
-              "test_training.py", "test_launch.py", "test_ingest.py", "test_postgres.py", "test_registry.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """The end-to-end test file first: with --dist loadfile the N xdist workers get files 1..N, then
-    N+1..2N, so the first worker starts the longest test at once, and a quick file placed at N+1
-    is all it has queued behind it. The other slow files follow, longest first, so that the last
-    files the workers pick up are short ones and no worker finishes long after the others."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    files = list(dict.fromkeys(item.nodeid.split("::")[0] for item in items))
-    first = [f for f in files if f.endswith("test_e2e.py")]
-    quick = [f for f in files if f.endswith("test_config.py")]
-    slow = {name: i for i, name in enumerate(SLOW_FILES)}
-    rest = sorted((f for f in files if f not in first + quick),
-                  key=lambda f: slow.get(os.path.basename(f), len(slow)))
-    order = {f: i for i, f in enumerate(first + rest[:workers - 1] + quick + rest[workers - 1:])}
-    items.sort(key=lambda item: order[item.nodeid.split("::")[0]])

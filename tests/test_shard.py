@@ -304,3 +304,25 @@ def test_two_runs_on_one_store_are_refused(spark, tmp_path, mirror):
     with ImageStore(store_root(settings)).lock():
         with pytest.raises(StageError, match="another run is writing this image store"):
             shard_images.run(settings)
+
+
+def test_the_plan_is_written_in_small_row_groups_and_read_back_in_order(spark, tmp_path):
+    """The downloader holds about one row group of the plan at a time, so the plan's row groups are
+    capped (PLAN_ROW_GROUP_BYTES), not Spark's 128 MB that grow with the plan."""
+    import pyarrow.parquet as pq_
+
+    from spark_jobs import shard_images
+
+    n = 60_000
+    todo = spark.range(n).selectExpr(
+        "sha2(cast(id as string), 256) as image_key", "concat('File ', id, '.jpg') as file_title",
+        "concat('https://upload.wikimedia.org/wikipedia/commons/a/ab/File_', id, '.jpg') as image_url",
+        "'image/jpeg' as mime_type", "cast(4000 as int) as original_width").repartition(2)
+    path = str(tmp_path / "plan")
+    shard_images.write_plan(todo, path)
+    groups = [f.metadata.row_group(i) for f in map(pq_.ParquetFile, sorted((tmp_path / "plan").glob("*.parquet")))
+              for i in range(f.metadata.num_row_groups)]
+    assert len(groups) > 4 and sum(g.num_rows for g in groups) == n
+    assert max(g.total_byte_size for g in groups) <= 2 * shard_images.PLAN_ROW_GROUP_BYTES
+    keys = [r["image_key"] for r in shard_images.iter_plan(path)]
+    assert keys == sorted(keys) and len(keys) == n
