@@ -1,0 +1,80 @@
+"""The shard stage's downloader memory against the size of its plan.
+
+Writes a plan of N rows with Spark twice (Spark's default row groups, and ``write_plan``'s), then reads
+its first 2,000 rows, each way, in a fresh process, and prints the process's peak RSS (VmHWM) before
+and after: the old reader (a pyarrow dataset with default readahead) and ``iter_plan``.
+
+    .venv/bin/python benchmarks/plan_memory.py --rows 366000 --workdir /tmp/planmem
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _hwm_mb() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) // 1024
+
+
+def write(rows: int, work: Path) -> None:
+    from pipeline.config import load_settings
+    from pipeline.spark import get_spark
+    from spark_jobs import shard_images
+
+    spark = get_spark(load_settings({"spark.master": "local[2]", "paths.state_dir": str(work / "state")}), "plan")
+    todo = spark.range(rows).selectExpr(
+        "sha2(cast(id as string), 256) as image_key", "concat('File number ', id, ' of the plan.jpg') as file_title",
+        "concat('https://upload.wikimedia.org/wikipedia/commons/a/ab/File_number_', id, '_of_the_plan.jpg') "
+        "as image_url", "'image/jpeg' as mime_type", "cast(4000 as int) as original_width")
+    todo.orderBy("image_key").write.parquet(str(work / "default"))
+    shard_images.write_plan(todo, str(work / "small"))
+
+
+def read(path: str, reader: str) -> dict:
+    import pyarrow.dataset as ds
+
+    from spark_jobs.shard_images import TODO_COLUMNS, iter_plan
+
+    def old(p):
+        for batch in ds.dataset(p, format="parquet").to_batches(columns=TODO_COLUMNS, batch_size=2048):
+            yield from batch.to_pylist()
+
+    before = _hwm_mb()
+    list(itertools.islice((old if reader == "old" else iter_plan)(path), 2000))
+    return {"plan": Path(path).name, "reader": reader, "peak_mb_before": before, "peak_mb_after": _hwm_mb()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=366_000)
+    ap.add_argument("--workdir", default="/tmp/planmem")
+    ap.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--read", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    if args.write:
+        return write(args.rows, work)
+    if args.read:
+        return print(json.dumps(read(*args.read)))
+    shutil.rmtree(work, ignore_errors=True)
+    subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--workdir", str(work), "--write"],
+                   check=True, capture_output=True)
+    for reader in ("old", "new"):  # each reading in a fresh process, so each peak is its own
+        for plan in ("default", "small"):
+            out = subprocess.run([sys.executable, __file__, "--read", str(work / plan), reader],
+                                 check=True, capture_output=True, text=True).stdout
+            print(json.dumps({"rows": args.rows, **json.loads(out)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
