@@ -21,11 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _hwm_mb() -> int:
-    with open("/proc/self/status", encoding="ascii") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) // 1024
-
-
 def write(rows: int, work: Path) -> None:
     from pipeline.config import load_settings
     from pipeline.spark import get_spark
@@ -43,15 +38,17 @@ def write(rows: int, work: Path) -> None:
 def read(path: str, reader: str) -> dict:
     import pyarrow.dataset as ds
 
+    from scale import peak_rss_mb  # this folder's scale benchmark: the process's VmHWM
+
     from spark_jobs.shard_images import TODO_COLUMNS, iter_plan
 
     def old(p):
         for batch in ds.dataset(p, format="parquet").to_batches(columns=TODO_COLUMNS, batch_size=2048):
             yield from batch.to_pylist()
 
-    before = _hwm_mb()
+    before = peak_rss_mb()
     list(itertools.islice((old if reader == "old" else iter_plan)(path), 2000))
-    return {"plan": Path(path).name, "reader": reader, "peak_mb_before": before, "peak_mb_after": _hwm_mb()}
+    return {"plan": Path(path).name, "reader": reader, "peak_mb_before": before, "peak_mb_after": peak_rss_mb()}
 
 
 def main() -> None:

@@ -142,7 +142,7 @@ def run_stage(work: Path, stage: str, master: str, extra: dict | None = None) ->
             "output_bytes": _bytes_under(lake) - before}
 
 
-def _peak_rss_mb() -> int:
+def peak_rss_mb() -> int:
     """This process's peak RSS since it exec'd (VmHWM): ru_maxrss would carry over the parent's peak."""
     with open("/proc/self/status", encoding="ascii") as f:
         return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024)
@@ -172,7 +172,7 @@ def child(stage: str, work: Path, master: str, extra: dict) -> None:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"stage_s": round(stage_s, 1), "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime
                                                                     + kids.ru_stime, 1),
-                      "driver_rss_mb": _peak_rss_mb(), "jvm_rss_mb": round(kids.ru_maxrss / 1024),
+                      "driver_rss_mb": peak_rss_mb(), "jvm_rss_mb": round(kids.ru_maxrss / 1024),
                       "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}}))
 
 
