@@ -73,6 +73,9 @@ class SparkConfig:
     shuffle_partitions: int = _env("SPARK_SHUFFLE_PARTITIONS", 8)
     # Uncompressed bytes per chunk when a non-splittable .sql.gz is cut for parallel parsing.
     dump_chunk_bytes: int = _env("DUMP_CHUNK_BYTES", 64 * 1024 * 1024)
+    # Threads with which the driver decodes each .sql.gz once to index it (rapidgzip);
+    # 0: all its cores from 4 up, else 1 (see pipeline.sqldump.decode_threads).
+    dump_decode_threads: int = _env("DUMP_DECODE_THREADS", 0)
     # Share of rejected rows above which a stage fails (0.0001 = 0.01%).
     max_reject_share: float = _env("MAX_REJECT_SHARE", 0.0001)
     # Extra JVM options for the driver. The demo and the tests, whose Spark jobs last seconds, use

@@ -466,12 +466,20 @@ class _Inflater:
 
 @dataclass
 class Chunk:
+    """A line-aligned range of a dump's decompressed SQL, for one parse task.
+
+    Read from ``path`` when the driver copied it there (a damaged gzip), else from
+    the dump itself: through the seek index ``index`` for a gzip, directly for a
+    plain ``.sql``.
+    """
+
     table: str
     file: str
-    path: str
+    path: str | None
     offset: int  # decompressed byte offset of the chunk's first line in the dump
     size: int
     truncated: str | None = None
+    index: str | None = None
 
 
 @dataclass
@@ -485,6 +493,7 @@ class SplitResult:
     # A complete gzip whose SQL ends inside a statement (a partial file compressed again):
     # the decompressed offset where that statement starts.
     cut_at: int | None = None
+    how: str = "copied"  # "indexed" (gzip + seek index), "direct" (plain SQL) or "copied" (chunk files)
 
 
 TAIL_BYTES = 1 << 16
@@ -535,19 +544,118 @@ def read_schema(path: str, table: str | None = None, stage: str = "ingest") -> S
     return _schema_from_header(bytes(header), path, table, stage)
 
 
-def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = None,
-               stage: str = "ingest") -> SplitResult:
-    """Stream a dump and cut its data lines into chunk files of ~``chunk_bytes``.
+class _Unverified(Exception):
+    """rapidgzip could not vouch for the stream: decode it serially instead."""
 
-    Never holds the file in memory: the header is kept only up to the first
-    INSERT, then decompressed blocks are appended to the current chunk and a new
-    chunk starts at the first newline past ``chunk_bytes``. Each chunk records the
-    decompressed byte offset of its first line. A truncated or corrupt gzip keeps
-    all bytes read; the last chunk is marked ``truncated``.
+
+def _local(path: str) -> str | None:
+    fs, local = fsspec.core.url_to_fs(path)
+    return local if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) else None
+
+
+# rapidgzip's seek points: one per this many decompressed bytes. Its decode cache (and so the
+# driver's memory while indexing) grows with it, the index shrinks: 2 MiB gives ~180 MB and an
+# index of 0.16% of the SQL (gztool format, compressed windows), measured on a 627 MB dump.
+INDEX_SPACING = 2 << 20
+
+
+def _open_rapidgzip(path: str, parallelization: int, stack):
+    """rapidgzip over a local path (its own threads read it) or an fsspec file object."""
+    import rapidgzip
+
+    local = _local(path)
+    src = local if local is not None else stack.enter_context(fsspec.open(path, "rb"))
+    return stack.enter_context(rapidgzip.RapidgzipFile(src, parallelization=parallelization,
+                                                       chunk_size=INDEX_SPACING))
+
+
+class _ParallelInflater:
+    """Decompressed blocks of a gzip, decoded by rapidgzip on ``parallelization`` threads.
+
+    rapidgzip returns a truncated stream's prefix without complaint, so the end is
+    checked here: the stream is trusted only if the gzip footer's ISIZE equals the
+    decompressed length (mod 2**32), which holds for a complete single-member gzip,
+    the form Wikimedia publishes. Anything else raises ``_Unverified``.
+    """
+
+    def __init__(self, path: str, parallelization: int, index: str, block: int = 4 << 20):
+        self.path, self.parallelization, self.index, self.block = path, parallelization, index, block
+        self.error = None
+
+    def blocks(self) -> Iterator[bytes]:
+        import contextlib
+
+        with contextlib.ExitStack() as stack:
+            try:
+                f = _open_rapidgzip(self.path, self.parallelization, stack)
+                total = 0
+                while True:
+                    block = f.read(self.block)
+                    if not block:
+                        break
+                    total += len(block)
+                    yield block
+                with fsspec.open(self.path, "rb") as raw:
+                    raw.seek(-4, 2)
+                    isize = int.from_bytes(raw.read(4), "little")
+                if isize != total % (1 << 32):
+                    raise _Unverified(f"gzip footer says {isize} bytes mod 2**32, decoded {total}")
+                import rapidgzip
+
+                with fsspec.open(self.index, "wb") as out:
+                    f.export_index(out, rapidgzip.IndexFormat.GZTOOL)
+            except Exception as e:  # noqa: BLE001 - rapidgzip: CRC or size mismatch, bad window, ...
+                raise _Unverified(str(e)) from e
+
+
+def decode_threads() -> int:
+    """All the cores this process may use from 4 up; one below that.
+
+    On 2 cores one rapidgzip thread decoded a 627 MB dump in 1.1 s and two in
+    1.5 s: its parallel mode pays for a second decoding pass that only more
+    cores win back. (Not measured on more than 2 cores here.)
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    return cores if cores >= 4 else 1
+
+
+def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = None,
+               stage: str = "ingest", threads: int = 0) -> SplitResult:
+    """Plan a dump's chunks: line-aligned ranges of about ``chunk_bytes`` of its SQL.
+
+    A complete gzip (the normal case) is decoded once by rapidgzip on ``threads``
+    threads (0: ``decode_threads()``), which leaves a seek index in
+    ``out_dir``; each task then decodes its own range through it (``read_chunk``),
+    so nothing is copied. A plain ``.sql`` is read in place. A gzip that rapidgzip
+    cannot vouch for (truncated, corrupt, several members) is decoded serially with
+    zlib and its chunks copied to files in ``out_dir``, so that every byte before
+    the damage is kept and the damage is reported where it is.
     """
     fs = fsspec.filesystem("file") if "://" not in out_dir else fsspec.open(out_dir).fs
     fs.makedirs(out_dir, exist_ok=True)
-    inflater = _Inflater(path)
+    with fsspec.open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    if not gz:
+        return _split(path, out_dir, chunk_bytes, table, stage, _Inflater(path), None, fs)
+    index = f"{out_dir.rstrip('/')}/index.gzidx"
+    inflater = _ParallelInflater(path, threads or decode_threads(), index)
+    try:
+        return _split(path, out_dir, chunk_bytes, table, stage, inflater, index, fs)
+    except _Unverified:
+        pass
+    return _split(path, out_dir, chunk_bytes, table, stage, _Inflater(path), None, fs, copy=True)
+
+
+def _split(path, out_dir, chunk_bytes, table, stage, inflater, index, fs, copy=False) -> SplitResult:
+    """Walk the decompressed stream once, cutting chunks at the first newline past ``chunk_bytes``.
+
+    Never holds the file in memory: the header is kept only up to the first
+    INSERT. With ``copy`` each chunk's bytes are written to its own file; a
+    truncated or corrupt gzip then keeps all bytes read, and the last chunk is
+    marked ``truncated``.
+    """
     header = bytearray()
     schema: Schema | None = None
     chunks: list[Chunk] = []
@@ -561,9 +669,10 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
         nonlocal out, cur
         if out is not None:
             out.close()
-        cur = Chunk(schema.table, path, f"{out_dir.rstrip('/')}/chunk-{len(chunks):05d}.sql", at, 0)
+        dest = f"{out_dir.rstrip('/')}/chunk-{len(chunks):05d}.sql" if copy else None
+        cur = Chunk(schema.table, path, dest, at, 0, index=index)
         chunks.append(cur)
-        out = fs.open(cur.path, "wb")
+        out = fs.open(dest, "wb") if copy else None
 
     try:
         for block in inflater.blocks():
@@ -589,7 +698,8 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
                 need = chunk_bytes - cur.size
                 cut = block.find(b"\n", max(need - 1, 0)) if len(block) >= need else -1
                 piece = block if cut < 0 else block[: cut + 1]
-                out.write(piece)
+                if out is not None:
+                    out.write(piece)
                 cur.size += len(piece)
                 offset += len(piece)
                 last_byte = piece[-1:]
@@ -597,9 +707,13 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
                 if cut >= 0 and block:
                     open_chunk(offset)
                 elif cut >= 0:
-                    out.close()
+                    if out is not None:
+                        out.close()
                     out, cur = None, None  # the next block opens a new chunk
         if schema is None:  # no INSERT at all: an empty table (or a truncated header)
+            if inflater.error:
+                raise StageError(stage, path, f"{inflater.error} after {len(header)} bytes, before the first "
+                                              "INSERT: the header is incomplete, no row could be read")
             offset = len(header)
             schema = _schema_from_header(bytes(header), path, table, stage)
             last_byte = header[-1:] or b"\n"
@@ -607,7 +721,8 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
         if out is not None:
             out.close()
     chunks = [c for c in chunks if c.size > 0]
-    res = SplitResult(schema, chunks, offset, inflater.error, last_byte == b"\n")
+    how = "copied" if copy else "indexed" if index else "direct"
+    res = SplitResult(schema, chunks, offset, inflater.error, last_byte == b"\n", how=how)
     if not inflater.error and chunks:
         res.cut_at = unterminated_statement(bytes(tail), offset)
         if res.cut_at is not None:
@@ -623,11 +738,39 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
     return res
 
 
+def read_chunk(chunk: Chunk, stage: str = "ingest") -> bytes:
+    """A chunk's bytes, from its copy or from its range of the dump (executor side)."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        if chunk.path is not None:
+            f = stack.enter_context(fsspec.open(chunk.path, "rb"))
+        elif chunk.index is None:
+            f = stack.enter_context(fsspec.open(chunk.file, "rb"))
+            f.seek(chunk.offset)
+        else:
+            f = _open_rapidgzip(chunk.file, 1, stack)
+            with fsspec.open(chunk.index, "rb") as idx:
+                f.import_index(idx)
+            f.seek(chunk.offset)
+        parts, left = [], chunk.size
+        while left > 0:
+            part = f.read(min(left, 16 << 20))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+    data = b"".join(parts)
+    if len(data) != chunk.size:
+        raise StageError(stage, chunk.file, f"expected {chunk.size} bytes at decompressed byte {chunk.offset}, "
+                                            f"read {len(data)}: the file changed after the stage split it")
+    return data
+
+
 def parse_chunk(chunk: Chunk, schema: Schema, wanted: Sequence[str], batch_rows: int = 200_000,
                 stage: str = "ingest") -> Iterator[ParseResult]:
-    """Parse one chunk file (executor side)."""
-    with fsspec.open(chunk.path, "rb") as f:
-        data = f.read()
+    """Parse one chunk (executor side)."""
+    data = read_chunk(chunk, stage)
     parser = DumpParser(schema, wanted, chunk.file, stage)
     yield from parser.parse_bytes(data, chunk.offset, chunk.truncated, batch_rows)
 

@@ -1,11 +1,14 @@
 """Stage ``ingest``: Commons SQL dumps -> categories, category_edges, file_links,
 file_redirects, rejects (schemas in docs/architecture.md).
 
-A ``.sql.gz`` cannot be split, so the driver streams each dump once and cuts its
-INSERT lines into chunk files under ``layout.ingest_staging`` (shared storage on
-a cluster); Spark tasks parse the chunks in parallel with ``pipeline.sqldump``
-and write one Parquet file each with pyarrow (columnar, no per-row Python ->
-JVM serialization). DataFrame joins then build the output tables.
+A ``.sql.gz`` is one gzip stream, so it cannot be split by compressed offset. The
+driver decodes each dump once on all its cores (rapidgzip) to find line-aligned
+chunk boundaries and leave a seek index under ``layout.ingest_staging`` (shared
+storage on a cluster); each Spark task then decodes its own range of the dump
+through that index, parses it with ``pipeline.sqldump`` and writes one Parquet
+file with pyarrow (columnar, no per-row Python -> JVM serialization). Nothing is
+copied, except for a damaged gzip, which ``sqldump.split_dump`` reads serially.
+DataFrame joins then build the output tables.
 
 Three categorylinks layouts are supported, chosen by the columns the dump's
 CREATE TABLE declares: legacy (``cl_to`` = parent title), transitional (``cl_to``
@@ -129,9 +132,10 @@ def _split_all(layout: Layout, settings: Settings, tables: list[str]):
     for table in tables:
         path = layout.dump(table)
         splits[table] = sqldump.split_dump(
-            path, join(staging, "chunks", table), settings.spark.dump_chunk_bytes, table=table, stage=STAGE
-        )
-        log.info("ingest: %s -> %d chunks, %d bytes", path, len(splits[table].chunks), splits[table].total_bytes)
+            path, join(staging, "chunks", table), settings.spark.dump_chunk_bytes, table=table, stage=STAGE,
+            threads=settings.spark.dump_decode_threads)
+        log.info("ingest: %s -> %d chunks (%s), %d bytes", path, len(splits[table].chunks), splits[table].how,
+                 splits[table].total_bytes)
         if splits[table].truncated:
             size = atomic.filesystem(path).size(path)
             where = (f"at compressed byte {size} (after {splits[table].total_bytes} bytes of SQL); "
@@ -180,6 +184,7 @@ def _parse_all(spark, layout: Layout, splits: dict) -> dict:
         st = {"file": layout.dump(table), "chunks": len(split.chunks), "bytes": split.total_bytes,
               "rows": 0, "kept": 0, "rejected_rows": len(split.rejects), "reject_records": len(split.rejects),
               "undecodable": 0, "truncated": split.truncated, "columns": wanted_columns(table, split.schema),
+              "chunks_read": split.how,
               "first_reject": split.rejects[0].as_dict() if split.rejects else None}
         for r in (r for r in results if r["table"] == split.schema.table):
             for k in ("rows", "kept", "rejected_rows", "reject_records", "undecodable"):

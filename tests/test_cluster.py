@@ -122,6 +122,8 @@ def test_stages_on_the_cluster_equal_local(cluster, sample, tmp_path, spark):
     on_cluster = overrides(sample, tmp_path / "cluster", cluster.master_url)
     summaries = {stage: cli(stage, on_cluster, tmp_path) for stage in STAGES}
     assert summaries["label"]["files"] > 0 and summaries["wit"]["images"] > 0
+    # The workers decoded their own ranges of the shared dumps through the driver's seek index.
+    assert {st["chunks_read"] for st in summaries["ingest"]["parsed"].values()} == {"indexed"}
 
     local = load_settings(overrides(sample, tmp_path / "local", "local[2]"))
     ingest_dumps.run(local)
