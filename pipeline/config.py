@@ -103,6 +103,10 @@ class LabelConfig:
     # A table of people's labels (columns as ../shared/commons_realgraph/dev_human.parquet): the
     # stage then logs how well its labels agree with them (pipeline.label_quality). Scoring only.
     human_labels: str = _env("HUMAN_LABELS", "", changes_outputs=False)
+    # Once the categories still to label have at most this many proposals, one Spark task labels
+    # them all in dependency order (its memory grows with this number), instead of one round of
+    # Spark jobs per level. 0: rounds only. Same labels either way.
+    tail_proposals: int = _env("LABEL_TAIL_PROPOSALS", 1_000_000, changes_outputs=False)
 
 
 @dataclass

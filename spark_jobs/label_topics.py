@@ -198,13 +198,88 @@ def _proposals(spark, cats, edges, heuristics: list[str], parent_heads=PARENT_HE
 # ----------------------------------------------------------------- public API
 
 
-def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None):
+def finish_in_order(batches, nearest: bool):
+    """Label the last categories in one task, in dependency (Kahn) order: the rounds' rule, in Python.
+
+    ``batches``: Arrow record batches of the remaining categories' proposals
+    ``child, target, rank`` with the target's ``mask, hops`` when it is labeled
+    already, and ``pending`` when it is itself among the remaining categories.
+    A category is labeled once all its pending targets are: from its first
+    rank with a labeled target (with ``nearest``, only that rank's nearest
+    targets), as ``resolve`` does. Categories that lead into a cycle of
+    proposals are labeled last, from what the others found. Yields one batch:
+    ``title, mask, hops, in_cycle`` for every category labeled or in a cycle.
+    """
+    import pyarrow as pa
+
+    labeled: dict[str, tuple[int, int]] = {}
+    proposals: dict[str, list[tuple[int, str]]] = {}
+    waits: dict[str, int] = {}
+    dependents: dict[str, list[str]] = {}
+    for batch in batches:
+        cols = batch.to_pydict()
+        for child, target, rank, mask, hops, pending in zip(cols["child"], cols["target"], cols["rank"],
+                                                            cols["mask"], cols["hops"], cols["pending"]):
+            proposals.setdefault(child, []).append((rank, target))
+            waits.setdefault(child, 0)
+            if mask is not None:
+                labeled[target] = (mask, hops)
+            elif pending:
+                waits[child] += 1
+                waits.setdefault(target, 0)
+                dependents.setdefault(target, []).append(child)
+
+    def resolve(title):
+        found: dict[int, list[tuple[int, int]]] = {}
+        for rank, target in proposals.get(title, ()):
+            if target in labeled:
+                found.setdefault(rank, []).append(labeled[target])
+        if not found:
+            return None
+        best = found[min(found)]
+        hops = min(h for _, h in best)
+        mask = 0
+        for m, h in best:
+            if h == hops or not nearest:
+                mask |= m
+        return mask, hops + 1
+
+    out = {"title": [], "mask": [], "hops": [], "in_cycle": []}
+
+    def emit(title, result, in_cycle):
+        out["title"].append(title)
+        out["mask"].append(result[0] if result else None)
+        out["hops"].append(result[1] if result else None)
+        out["in_cycle"].append(in_cycle)
+
+    ready = [t for t, n in waits.items() if n == 0]
+    while ready:
+        title = ready.pop()
+        result = resolve(title)
+        if result:
+            labeled[title] = result
+            emit(title, result, False)
+        for child in dependents.get(title, ()):
+            waits[child] -= 1
+            if waits[child] == 0:
+                ready.append(child)
+    stuck = [t for t, n in waits.items() if n > 0]
+    for title, result in [(t, resolve(t)) for t in stuck]:  # all from the same labels, as in the last pass
+        emit(title, result, True)
+    yield pa.RecordBatch.from_pydict(out, schema=pa.schema([("title", pa.string()), ("mask", pa.int64()),
+                                                            ("hops", pa.int32()), ("in_cycle", pa.bool_())]))
+
+
+def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None,
+                    tail_proposals: int = 0):
     """(title, depth, mask) for every category of depth_df; flat labels as a mask.
 
     ``counts``, when given, receives the number of rounds and of categories
     whose proposals lead into a cycle. Each labeled category also carries its
     hops to the nearest seed; the ``refined`` labeler keeps only the labels of
-    the proposals at the fewest hops.
+    the proposals at the fewest hops. Once the categories still to label have
+    at most ``tail_proposals`` proposals, ``finish_in_order`` labels them in
+    one task.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -230,7 +305,11 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
     known = cats.where("status = 'seed' and depth is not null").select(
         "title", F.col("seed_mask").alias("mask"), F.lit(0).alias("hops"))
     known = known.localCheckpoint()
-    unresolved = cats.where("status = 'pending'").select("title").localCheckpoint()
+    per_child = props.groupBy("child").agg(F.count(F.lit(1)).alias("n_props"))
+    unresolved = (cats.where("status = 'pending'").select("title")
+                  .join(per_child.withColumnRenamed("child", "title"), "title", "left")
+                  .select("title", F.coalesce("n_props", F.lit(0)).alias("n_props")).localCheckpoint())
+    left = unresolved.agg(F.sum("n_props")).first()[0] or 0
     # proposals to categories that are themselves still to be labeled
     deps = props.join(unresolved.select(F.col("title").alias("target")), "target").select("child", "target").distinct()
     deps = deps.localCheckpoint()
@@ -253,36 +332,55 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
     # Rounds: label every category whose proposals are all labeled already.
     # Without parent queries this is depth order, one level per round.
     rounds = 0
-    while True:
+    while left > tail_proposals:
         blocked = deps.join(unresolved.select(F.col("title").alias("target")), "target").select(
             F.col("child").alias("title"))
         ready = unresolved.join(blocked, "title", "left_anti").localCheckpoint()
-        if ready.isEmpty():
+        n_ready, ready_props = ready.agg(F.count(F.lit(1)), F.sum("n_props")).first()
+        if not n_ready:
             break
         rounds += 1
+        left -= ready_props or 0
         known = known.unionByName(resolve(ready)).localCheckpoint()
-        unresolved = unresolved.join(ready, "title", "left_anti").localCheckpoint()
-    # What is left leads into a cycle of proposals: it takes labels only from
-    # the proposals that do not.
-    in_cycles = unresolved.count()
-    log.info("labeled in %d rounds; %d categories lead into cycles of proposals", rounds, in_cycles)
+        unresolved = unresolved.join(ready.select("title"), "title", "left_anti").localCheckpoint()
+    if left <= tail_proposals:
+        # The rest, in one task: its proposals, with what is known of their targets.
+        rest = (
+            props.join(unresolved.select(F.col("title").alias("child")), "child")
+            .join(known.select(F.col("title").alias("target"), "mask", "hops"), "target", "left")
+            .join(unresolved.select(F.col("title").alias("target"), F.lit(True).alias("pending")), "target", "left")
+            .select("child", "target", "rank", "mask", "hops", F.coalesce("pending", F.lit(False)).alias("pending"))
+        )
+        done = rest.repartition(1).mapInArrow(
+            lambda batches: finish_in_order(batches, nearest),
+            "title string, mask long, hops int, in_cycle boolean").localCheckpoint()
+        in_cycles = done.where("in_cycle").count()
+        known = known.unionByName(done.where("mask is not null").select("title", "mask", "hops")).localCheckpoint()
+    else:
+        # What is left leads into a cycle of proposals: it takes labels only from
+        # the proposals that do not.
+        in_cycles = unresolved.count()
+        known = known.unionByName(resolve(unresolved)).localCheckpoint()
+    log.info("labeled in %d rounds%s; %d categories lead into cycles of proposals", rounds,
+             " and one task" if left <= tail_proposals else "", in_cycles)
     if counts is not None:
         counts.update(rounds=rounds, categories_leading_into_cycles=in_cycles)
-    known = known.unionByName(resolve(unresolved)).localCheckpoint()
     return (
         cats.select("title", "depth").join(known, "title", "left")
         .select("title", "depth", F.coalesce(F.col("mask"), F.lit(0).cast("long")).alias("mask"))
     )
 
 
-def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None) -> "DataFrame":
+def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None,
+                     tail_proposals: int = 0) -> "DataFrame":
     """Labels of every category: ``title, depth, labels, labels_hier`` (taxonomy order).
 
     ``depth_df`` needs ``title, hidden, depth``; ``edges_df`` ``child, parent``;
     ``heuristics`` is e.g. ``"headJ+depth"``, ``"refined"`` or a list of names; ``counts``
-    (optional) receives ``rounds`` and ``categories_leading_into_cycles``.
+    (optional) receives ``rounds`` and ``categories_leading_into_cycles``;
+    ``tail_proposals``: see ``LabelConfig.tail_proposals`` (0: Spark rounds only).
     """
-    masks = _category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts)
+    masks = _category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts, tail_proposals)
     return _with_label_arrays(masks, taxonomy).select("title", "depth", "labels", "labels_hier")
 
 
@@ -410,7 +508,7 @@ def run(settings: Settings) -> dict:
 
     n = settings.spark.shuffle_partitions
     counts: dict = {}
-    cats = label_categories(spark, depth_df, edges_df, taxonomy, heuristics, counts)
+    cats = label_categories(spark, depth_df, edges_df, taxonomy, heuristics, counts, settings.label.tail_proposals)
     cat_path = write_spark(cats.repartition(n, "title").sortWithinPartitions("title"), layout.labels("category_labels"))
     cats = spark.read.parquet(cat_path)
     files = label_files(links_df, cats, taxonomy)
