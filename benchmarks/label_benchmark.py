@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -32,13 +33,14 @@ sys.path.insert(0, str(ROOT))
 DATE = "20990101"  # the ingest benchmark's dump date
 
 
-def _settings(work: Path, master: str, taxonomy: str, heuristics: str):
+def _settings(work: Path, master: str, taxonomy: str, heuristics: str, tail: int | None = None):
     from pipeline.config import load_settings
 
+    extra = {} if tail is None else {"label.tail_proposals": str(tail)}
     return load_settings({"spark.master": master, "paths.dumps_dir": str(work / "dumps"),
                           "paths.data_root": str(work / "lake"), "paths.dump_date": DATE,
                           "paths.state_dir": str(work / "state"), "label.taxonomy": taxonomy,
-                          "label.heuristics": heuristics})
+                          "label.heuristics": heuristics, **extra})
 
 
 def _graph_ready(layout) -> bool:
@@ -121,6 +123,9 @@ def main() -> None:
     ap.add_argument("--taxonomy", default="v1.3")
     ap.add_argument("--heuristics", default="headJ+depth")
     ap.add_argument("--no-compare", action="store_true", help="skip the Spark == oracle check on file labels")
+    ap.add_argument("--tail-proposals", type=int, nargs="*", default=[],
+                    help="run the Spark stage once more with each of these label.tail_proposals (0: rounds only), "
+                         "after the run with the default")
     args = ap.parse_args()
 
     from pipeline.layout import Layout
@@ -148,18 +153,34 @@ def main() -> None:
     spark = get_spark(settings, "label-benchmark")
     cores = spark.sparkContext.defaultParallelism
     spark.range(1).count()
-    t = time.perf_counter()
-    with warnings.catch_warnings(record=True):  # missing seeds (the fast generator has none) are in the summary
-        warnings.simplefilter("always")
-        summary = label_topics.run(settings)
-    spark_s = time.perf_counter() - t
+
+    def spark_run(tail: int | None) -> tuple[dict, dict]:
+        """One label stage; its file labels are copied aside, since the next run replaces them."""
+        t = time.perf_counter()
+        with warnings.catch_warnings(record=True):  # missing seeds (the fast generator has none) are in the summary
+            warnings.simplefilter("always")
+            summary = label_topics.run(_settings(work, args.master, args.taxonomy, args.heuristics, tail))
+        secs = time.perf_counter() - t
+        tail = settings.label.tail_proposals if tail is None else tail
+        kept = work / f"file_labels-tail-{tail}"
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(summary["file_labels"], kept)
+        return summary, {"tail_proposals": tail, "spark_label_s": round(secs, 2),
+                         "rounds": json.load(open(summary["stats"]))["rounds"], "file_labels": str(kept)}
+
+    summary, first = spark_run(None)
+    variants = [spark_run(tail)[1] for tail in args.tail_proposals]
+    spark_s = first["spark_label_s"]
     _stop_spark(spark)
     driver_after_spark_mb = _mb(resource.RUSAGE_SELF)
 
     # (b) the recursive oracle, in this process
     oracle, o = run_oracle(layout, Taxonomy.load(args.taxonomy), args.heuristics)
     oracle_peak_mb = _mb(resource.RUSAGE_SELF)
-    mismatches = None if args.no_compare else compare(summary["file_labels"], oracle)
+    for r in [first, *variants]:
+        r["spark_over_oracle"] = round(r["spark_label_s"] / o["total_s"], 3) if o["total_s"] else None
+        r["files_differing"] = None if args.no_compare else compare(r.pop("file_labels"), oracle)
+    mismatches = first["files_differing"]
 
     report = {
         "benchmark": "label", "taxonomy": args.taxonomy, "heuristics": args.heuristics, "workdir": str(work),
@@ -173,6 +194,9 @@ def main() -> None:
         "oracle_parts_s": {k: round(o[k], 2) for k in ("read_s", "build_s", "label_s")},
         "spark_over_oracle": round(spark_s / o["total_s"], 3) if o["total_s"] else None,
         "files_differing": mismatches,
+        "rounds": first["rounds"],
+        "tail_proposals": first["tail_proposals"],
+        "other_tail_proposals": variants,
         "peak_rss_mb": {"driver_after_spark": driver_after_spark_mb, "driver_with_oracle": oracle_peak_mb,
                         "largest_child_jvm": _mb(resource.RUSAGE_CHILDREN)},
         "spark_master": args.master, "spark_cores": cores,

@@ -129,6 +129,8 @@ def test_depths_equal_a_python_bfs_over_the_parsed_dumps(real, parsed):
 def test_labels_equal_the_oracle(real, labeler):
     s, summary = real["settings"], real["label" if labeler == "headJ+depth" else "refined"]
     assert summary["categories_leading_into_cycles"] == 0  # the Births rule closes no cycle in the real subgraph
+    # Its proposals fit label.tail_proposals: one task labeled it, in no Spark round.
+    assert json.loads(Path(summary["stats"]).read_text())["rounds"] == 0
     layout = Layout.from_settings(s)
     depth = pd.read_parquet(layout.category_depth)
     edges = pd.read_parquet(layout.ingest("category_edges"))
