@@ -22,6 +22,7 @@ executors can parse chunks in parallel. Design choices, and why:
 
 from __future__ import annotations
 
+import logging
 import re
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -585,6 +586,8 @@ class _ParallelInflater:
     def blocks(self) -> Iterator[bytes]:
         import contextlib
 
+        import rapidgzip
+
         with contextlib.ExitStack() as stack:
             try:
                 f = _open_rapidgzip(self.path, self.parallelization, stack)
@@ -600,8 +603,6 @@ class _ParallelInflater:
                     isize = int.from_bytes(raw.read(4), "little")
                 if isize != total % (1 << 32):
                     raise _Unverified(f"gzip footer says {isize} bytes mod 2**32, decoded {total}")
-                import rapidgzip
-
                 with fsspec.open(self.index, "wb") as out:
                     f.export_index(out, rapidgzip.IndexFormat.GZTOOL)
             except Exception as e:  # noqa: BLE001 - rapidgzip: CRC or size mismatch, bad window, ...
@@ -643,8 +644,8 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
     inflater = _ParallelInflater(path, threads or decode_threads(), index)
     try:
         return _split(path, out_dir, chunk_bytes, table, stage, inflater, index, fs)
-    except _Unverified:
-        pass
+    except _Unverified as e:
+        logging.getLogger(__name__).warning("%s: %s; decoding it serially and copying its chunks", path, e)
     return _split(path, out_dir, chunk_bytes, table, stage, _Inflater(path), None, fs, copy=True)
 
 
