@@ -385,18 +385,11 @@ def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, 
 
 
 def _with_label_arrays(df, taxonomy: Taxonomy):
-    """``labels`` and ``labels_hier`` from ``mask``: worked out once per distinct mask and joined back.
-
-    There are few distinct masks (label combinations), however many rows, and
-    the lambdas that turn a mask into names are interpreted row by row.
-    """
     from pyspark.sql import functions as F
 
-    arrays = df.select("mask").distinct()
-    arrays = arrays.withColumn("labels", mask_to_labels(F.col("mask"), taxonomy)).withColumn(
+    return df.withColumn("labels", mask_to_labels(F.col("mask"), taxonomy)).withColumn(
         "labels_hier", mask_to_labels(hier_mask(F.col("mask"), taxonomy), taxonomy)
     )
-    return df.join(arrays, "mask")
 
 
 def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
@@ -407,9 +400,9 @@ def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataF
     """
     from pyspark.sql import functions as F
 
-    cats = category_labels_df.select(F.col("title").alias("category"), "labels")
-    masks = cats.select("labels").distinct().withColumn("mask", labels_to_mask(F.col("labels"), taxonomy))
-    cat_masks = cats.join(masks, "labels").select("category", "mask")  # once per label combination, as below
+    cat_masks = category_labels_df.select(
+        F.col("title").alias("category"), labels_to_mask(F.col("labels"), taxonomy).alias("mask")
+    )
     files = (
         file_links_df.select("file_id", "file_title", "category")
         .join(cat_masks, "category", "left")
@@ -434,14 +427,10 @@ def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> d
     from pyspark.sql import functions as F
 
     names = taxonomy.names
-    # One row per label combination with its number of files ("w"): the per-row lambdas then
-    # run once per combination, and every sum below is weighted by it.
-    df = (file_labels_df.groupBy(column).agg(F.count(F.lit(1)).alias("w"))
-          .select(labels_to_mask(F.col(column), taxonomy).alias("m"), "w").localCheckpoint())
-    w = F.col("w")
-    aggs = [F.sum(w).alias("n"), F.sum(F.when(F.col("m") == 0, w).otherwise(0)).alias("unlabeled"),
-            F.sum(F.bit_count("m") * w).alias("positives")]
-    aggs += [F.sum(F.shiftright("m", i).bitwiseAND(F.lit(1)) * w).alias(f"c{i}") for i in range(len(names))]
+    df = file_labels_df.select(labels_to_mask(F.col(column), taxonomy).alias("m"))
+    aggs = [F.count(F.lit(1)).alias("n"), F.sum(F.when(F.col("m") == 0, 1).otherwise(0)).alias("unlabeled"),
+            F.sum(F.bit_count("m")).alias("positives")]
+    aggs += [F.sum(F.shiftright("m", i).bitwiseAND(F.lit(1))).alias(f"c{i}") for i in range(len(names))]
     row = df.agg(*aggs).first()
     n = int(row["n"] or 0)
     counts = {name: int(row[f"c{i}"] or 0) for i, name in enumerate(names)}
@@ -463,7 +452,7 @@ def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> d
         log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
         lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
         scumble = F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k)
-        s = df.where("m != 0").agg((F.sum(scumble * w) / F.sum(w)).alias("s")).first()["s"]
+        s = df.where("m != 0").agg(F.avg(scumble).alias("s")).first()["s"]
         stats["SCUMBLE"] = float(s) if s is not None else None
     else:
         stats["SCUMBLE"] = None
