@@ -39,8 +39,9 @@ class FaultServer:
 
     ``max_inflight`` counts concurrent requests (``slow`` ones excluded: the client gives up on
     them and its next request overlaps a server thread that is still sleeping). A request stops
-    counting just before its last byte is sent: the client cannot have seen the response end
-    before that, so its next request never overlaps this one's bookkeeping.
+    counting just before the client could have seen its end, so that the client's next request
+    never overlaps this one's bookkeeping: before the last byte of an image, before the headers
+    of anything else (the client may stop reading at an error status or a non-image type).
     """
 
     def __init__(self, delay_s: float = 0.0, slow_s: float = 1.0):
@@ -96,7 +97,7 @@ class FaultServer:
         h.send_header("Content-Length", str(len(body)))
         for k, v in headers:
             h.send_header(k, v)
-        if not body:
+        if not body or code != 200 or not ctype.startswith("image/"):
             self._done(h)
         h.end_headers()
         if body:
