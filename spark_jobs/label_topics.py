@@ -310,9 +310,6 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
                   .join(per_child.withColumnRenamed("child", "title"), "title", "left")
                   .select("title", F.coalesce("n_props", F.lit(0)).alias("n_props")).localCheckpoint())
     left = unresolved.agg(F.sum("n_props")).first()[0] or 0
-    # proposals to categories that are themselves still to be labeled
-    deps = props.join(unresolved.select(F.col("title").alias("target")), "target").select("child", "target").distinct()
-    deps = deps.localCheckpoint()
 
     def resolve(children):
         """Labels of these categories from the labels known so far (unknown targets give nothing)."""
@@ -332,6 +329,9 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
     # Rounds: label every category whose proposals are all labeled already.
     # Without parent queries this is depth order, one level per round.
     rounds = 0
+    if left > tail_proposals:  # proposals to categories that are themselves still to be labeled
+        deps = props.join(unresolved.select(F.col("title").alias("target")), "target").select("child", "target")
+        deps = deps.distinct().localCheckpoint()
     while left > tail_proposals:
         blocked = deps.join(unresolved.select(F.col("title").alias("target")), "target").select(
             F.col("child").alias("title"))
