@@ -142,7 +142,8 @@ def run_stage(command: str, settings, force: bool = False, started: float | None
         summary["fingerprint"] = lineage.file_fingerprint(files) if files else lineage.local_fingerprint(settings)
     else:
         summary["inputs"] = lineage.inputs(settings, command, extra)
-        if summary.get("left_for_later_runs"):  # a capped shard run: the same inputs give more next time
+        if summary.get("left_for_later_runs") or summary.get("transient_to_retry"):
+            # a capped shard run, or one with failures to retry: the same inputs may give more next time
             summary["inputs"]["progress"] = summary["status_counts"]
         summary["fingerprint"] = lineage.digest(summary["inputs"])
     summary["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

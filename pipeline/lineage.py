@@ -12,9 +12,11 @@ recorded summary marked ``skipped`` (``--force`` recomputes anyway).
 
 A nightly run on an unchanged dump therefore ends after ``fetch`` has checked
 its files, and trains and registers nothing. A ``shard`` run capped by
-``shard.max_downloads`` is never fresh while it left images to fetch, and its
-fingerprint also hashes what its index holds (``progress``), so each night of a
-backfill trains and predicts on the images fetched so far.
+``shard.max_downloads`` is never fresh while it left images to fetch, nor one
+that ended with transient failures to retry (``shard.retry_transient``); its
+fingerprint then also hashes what its index holds (``progress``), so each night
+of a backfill trains and predicts on the images fetched so far, and a retry that
+fetched nothing new changes nothing downstream.
 """
 
 from __future__ import annotations
@@ -124,6 +126,9 @@ def fresh(settings, stage: str, extra: dict | None = None) -> tuple[dict | None,
         return None, "no earlier run of this stage for this dump"
     if record.get("left_for_later_runs"):
         return None, f"its last run left {record['left_for_later_runs']} images for a later run (shard.max_downloads)"
+    if record.get("transient_to_retry"):
+        return None, (f"its last run ended with {record['transient_to_retry']} transient download failures to "
+                      "retry (shard.retry_transient)")
     want = inputs(settings, stage, extra)
     if None in want["upstream"].values():
         return None, "an upstream stage has no recorded fingerprint"

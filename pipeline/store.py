@@ -45,11 +45,17 @@ MANIFEST_COLUMNS = ("image_key", "file_title", "source_url", "status", "shard", 
                     "width", "height", "bytes", "attempts", "fetched_at", "error", "batch")
 # Statuses a later run retries (with shard.retry_transient); the others are final.
 TRANSIENT = ("timeout", "connection_error", "request_error", "http_429")
+TRANSIENT_PREFIX = "http_5"  # any 5xx
 
 
 def transient_col(status):
     """Spark column: the image's last attempt failed transiently (TRANSIENT, or any 5xx)."""
-    return status.isin(*TRANSIENT) | status.startswith("http_5")
+    return status.isin(*TRANSIENT) | status.startswith(TRANSIENT_PREFIX)
+
+
+def is_transient(status: str) -> bool:
+    """``transient_col`` for one status, in Python."""
+    return status in TRANSIENT or status.startswith(TRANSIENT_PREFIX)
 
 
 def manifest_schema():

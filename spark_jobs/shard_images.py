@@ -31,7 +31,7 @@ from pipeline.config import Settings
 from pipeline.errors import require_input
 from pipeline.layout import Layout, join
 from pipeline.spark import get_spark
-from pipeline.store import Attempt, ImageStore, image_settings, store_root, transient_col
+from pipeline.store import Attempt, ImageStore, image_settings, is_transient, store_root, transient_col
 from pipeline.texts import TEXT_COLUMNS
 from pipeline.wit import UPLOAD_BASE, is_commons_url
 
@@ -277,6 +277,8 @@ def run(settings: Settings) -> dict:
         "ok": statuses.get("ok", 0),
         "to_download": n_todo,
         "left_for_later_runs": n_planned - n_todo,
+        # A night on the same dump retries these (the stage is not fresh while any are left).
+        "transient_to_retry": sum(n for s, n in statuses.items() if is_transient(s)) if cfg.retry_transient else 0,
         "downloaded": fetched["attempted"],
         "download": fetched,
         "store_images": int(store_counts["images"] or 0),

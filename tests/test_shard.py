@@ -244,6 +244,42 @@ def test_a_download_cap_spreads_a_backfill_over_runs_and_never_fetches_twice(spa
     assert run_stage("shard", settings)["skipped"]  # all fetched: the next night skips it
 
 
+def test_a_night_on_the_same_dump_retries_transient_failures_and_changes_nothing_downstream_if_they_persist(
+        spark, tmp_path, mirror):
+    """A transient failure (a 5xx) is retried by the next night on the same dump, not two weeks later with
+    the next dump: the stage is not fresh while one is left. A retry that fetched nothing new hands train
+    and infer the same fingerprint; with shard.retry_transient off the stage is fresh at once."""
+    from pipeline.__main__ import run_stage
+    from pipeline.atomic import write_json
+
+    titles = GOOD[:3] + ["Later.jpg", "Missing.jpg"]
+    special = {t: SPECIAL[t] for t in ("Later.jpg", "Missing.jpg")}
+    for retry, root in (("true", tmp_path / "retry"), ("false", tmp_path / "final")):
+        settings = stage_settings(root, mirror, **{"shard.retry_transient": retry})
+        layout = Layout.from_settings(settings)
+        write_wit_images(layout, titles)
+        write_json(layout.summary("wit"), {"stage": "wit", "fingerprint": "wit-of-this-test"})
+        path_of = serve_titles(mirror, settings, titles, special)
+        mirror.faults[path_of["Later.jpg"]] = ["500"] * 100
+        first = run_stage("shard", settings)
+        assert first["status_counts"] == {"ok": 3, "http_404": 1, "http_500": 1}
+        hits_before = dict(mirror.hits)
+        second = run_stage("shard", settings)
+        if retry == "false":
+            assert first["transient_to_retry"] == 0 and second["skipped"] and mirror.hits == hits_before
+            continue
+        assert first["transient_to_retry"] == 1
+        assert not second["skipped"] and second["downloaded"] == 1
+        assert {p for p in mirror.hits if mirror.hits[p] > hits_before.get(p, 0)} == {path_of["Later.jpg"]}
+        assert second["fingerprint"] == first["fingerprint"]  # nothing new: train and infer stay fresh
+        mirror.faults[path_of["Later.jpg"]] = ["ok"]
+        third = run_stage("shard", settings)
+        assert third["ok"] == 4 and third["transient_to_retry"] == 0
+        assert third["fingerprint"] != first["fingerprint"]
+        hits_before = dict(mirror.hits)
+        assert run_stage("shard", settings)["skipped"] and mirror.hits == hits_before
+
+
 def test_a_killed_run_resumes_to_the_same_manifest(spark, tmp_path, mirror):
     """SIGKILL mid-download, resume: the same images and statuses as an uninterrupted run, none twice."""
     from spark_jobs import shard_images
