@@ -24,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import stop_spark  # noqa: E402 (benchmarks/, the script's own folder)
+
 DATE = "20990101"
 PER_LINE = 2000
 
@@ -172,14 +174,7 @@ def main() -> None:
     graph_s = time.time() - t
     parsed_rows = sum(st["rows"] for st in ingest["parsed"].values())
 
-    spark.stop()
-    gw = getattr(spark.sparkContext, "_gateway", None) or type(spark.sparkContext)._gateway
-    try:  # let the JVM exit and reap it, so RUSAGE_CHILDREN covers it and its Python workers
-        gw.shutdown()
-        gw.proc.stdin.close()
-        gw.proc.wait(timeout=60)
-    except Exception as e:  # noqa: BLE001 - measurement only
-        print(f"(could not reap the JVM: {e})")
+    stop_spark(spark)
     self_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     report = {

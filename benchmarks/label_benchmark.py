@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from measure import stop_spark  # noqa: E402 (benchmarks/, the script's own folder)
+
 DATE = "20990101"  # the ingest benchmark's dump date
 
 
@@ -50,18 +52,6 @@ def _graph_ready(layout) -> bool:
 
 def _mb(who) -> int:
     return round(resource.getrusage(who).ru_maxrss / 1024)
-
-
-def _stop_spark(spark) -> None:
-    """Stop Spark and reap its JVM, so RUSAGE_CHILDREN covers it (as the ingest benchmark does)."""
-    spark.stop()
-    gw = getattr(spark.sparkContext, "_gateway", None) or type(spark.sparkContext)._gateway
-    try:
-        gw.shutdown()
-        gw.proc.stdin.close()
-        gw.proc.wait(timeout=60)
-    except Exception as e:  # noqa: BLE001 - measurement only
-        print(f"(could not reap the JVM: {e})", file=sys.stderr)
 
 
 def run_oracle(layout, taxonomy, heuristics: str) -> tuple[dict, dict]:
@@ -171,7 +161,7 @@ def main() -> None:
     summary, first = spark_run(None)
     variants = [spark_run(tail)[1] for tail in args.tail_proposals]
     spark_s = first["spark_label_s"]
-    _stop_spark(spark)
+    stop_spark(spark)
     driver_after_spark_mb = _mb(resource.RUSAGE_SELF)
 
     # (b) the recursive oracle, in this process

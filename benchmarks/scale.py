@@ -38,6 +38,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from measure import stop_spark  # noqa: E402 (benchmarks/, the script's own folder)
+
 COMMONS_CATEGORIES = 11_000_000
 WIT_EN_IMAGES = 3_900_000
 DATE = "20990101"
@@ -161,14 +163,7 @@ def child(stage: str, work: Path, master: str, extra: dict) -> None:
 
     spark = SparkSession.getActiveSession()
     if spark is not None:
-        spark.stop()
-        gw = type(spark.sparkContext)._gateway
-        try:  # let the JVM exit, so RUSAGE_CHILDREN covers it and its Python workers
-            gw.shutdown()
-            gw.proc.stdin.close()
-            gw.proc.wait(timeout=60)
-        except Exception as e:  # noqa: BLE001 - measurement only
-            print(f"(could not reap the JVM: {e})", file=sys.stderr)
+        stop_spark(spark)
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({"stage_s": round(stage_s, 1), "cpu_s": round(me.ru_utime + me.ru_stime + kids.ru_utime
                                                                     + kids.ru_stime, 1),
