@@ -112,31 +112,18 @@ def label_counts(df, column: str, names: list[str]) -> dict[str, int]:
     return {n: int(found.get(n, 0)) for n in names}
 
 
-def _metrics_of(df, column: str, names: list[str]) -> dict:
-    from pyspark.sql import functions as F
+def _metrics_of(df, column: str, taxonomy: Taxonomy) -> dict:
+    from pipeline.label_masks import label_stats
 
-    counts = label_counts(df, column, names)
-    present = {n: c for n, c in counts.items() if c > 0}
-    n_images = df.count()
-    row = {"images": n_images, "labels": len(names), "labels_with_images": len(present)}
-    sizes = df.select(F.size(column).alias("k")).agg(
-        F.avg("k").alias("card"), F.sum(F.when(F.col("k") > 0, 1).otherwise(0)).alias("labeled")).first()
-    card = float(sizes["card"] or 0.0)
-    row.update(labeled_images=int(sizes["labeled"] or 0), labels_per_image=card,
-               positive_label_ratio=card / len(names) if names else float("nan"))
-    if not present:
-        return {**row, "mean_ir": float("nan"), "max_ir": float("nan"), "scumble": float("nan")}
-    top = max(present.values())
-    ir = {n: top / c for n, c in present.items()}
-    row["mean_ir"] = sum(ir.values()) / len(ir)
-    row["max_ir"] = max(ir.values())
-    spark = df.sparkSession
-    ir_df = spark.createDataFrame([(n, float(v)) for n, v in ir.items()], "label string, ir double")
-    per_image = (df.select("image_key", F.explode(column).alias("label")).join(F.broadcast(ir_df), "label")
-                 .groupBy("image_key")
-                 .agg(F.avg("ir").alias("mean"), F.exp(F.avg(F.log("ir"))).alias("geo")))
-    row["scumble"] = float(per_image.agg(F.avg(1 - F.col("geo") / F.col("mean"))).first()[0])
-    return row
+    stats = label_stats(df, taxonomy, column)  # the label stage's statistics, on the images
+    n, counts = stats["files"], stats["images_per_label"]
+    present = [c for c in counts.values() if c > 0]
+    return {"images": n, "labels": len(counts), "labels_with_images": len(present),
+            "labeled_images": round(n * (1 - stats["unlabeled_share"])),
+            "labels_per_image": stats["labels_per_image_mean"], "positive_label_ratio": stats["positive_share"],
+            "mean_ir": stats["meanIR"] if present else float("nan"),
+            "max_ir": max(present) / min(present) if present else float("nan"),
+            "scumble": stats["SCUMBLE"] if stats["SCUMBLE"] is not None else float("nan")}
 
 
 def dataset_metrics(run: Run, split: str | None = None) -> pd.DataFrame:
@@ -153,7 +140,7 @@ def dataset_metrics(run: Run, split: str | None = None) -> pd.DataFrame:
     hierarchical    2834      31                  31            2590              2.73 ...
     """
     df = run.images if split is None else run.images.where(run.images.split == split)
-    rows = {"flat": _metrics_of(df, "labels", run.names), "hierarchical": _metrics_of(df, "labels_hier", run.names)}
+    rows = {"flat": _metrics_of(df, "labels", run.taxonomy), "hierarchical": _metrics_of(df, "labels_hier", run.taxonomy)}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

@@ -27,6 +27,8 @@ from pipeline.atomic import write_json, write_spark
 from pipeline.config import Settings
 from pipeline.errors import StageError, require_input
 from pipeline.heads import NULL_HEADS, P_NUMBER, with_head
+from pipeline.label_masks import (ancestor_masks, check_size, has_bit, long_lit, seed_masks, hier_mask,
+                                   label_stats, labels_to_mask, mask_to_labels)
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
 from pipeline.traversal import PARENT_HEADS, parse_heuristics, parse_labeler
@@ -41,76 +43,6 @@ FILE_COLUMNS = ("file_id", "file_title", "category")
 
 class MissingSeedsWarning(UserWarning):
     pass
-
-
-# ----------------------------------------------------------------- label masks
-
-
-def _check_size(taxonomy: Taxonomy) -> None:
-    if len(taxonomy.names) > 63:
-        raise ValueError(f"taxonomy {taxonomy.version} has {len(taxonomy.names)} labels; label masks hold at most 63")
-
-
-def _ancestor_masks(taxonomy: Taxonomy) -> list[int]:
-    index = {n: i for i, n in enumerate(taxonomy.names)}
-    return [sum(1 << index[a] for a in taxonomy.ancestors(n)) for n in taxonomy.names]
-
-
-def _seed_masks(taxonomy: Taxonomy) -> dict[str, int]:
-    index = {n: i for i, n in enumerate(taxonomy.names)}
-    return {seed: sum(1 << index[n] for n in labels) for seed, labels in taxonomy.seed_labels(hierarchical=False).items()}
-
-
-def _long(value: int):
-    from pyspark.sql import functions as F
-
-    return F.lit(value).cast("long")
-
-
-def _has(mask_col, i):
-    """Whether bit ``i`` (a Column) of the mask is set (shiftleft takes only a Python int shift)."""
-    from pyspark.sql import functions as F
-
-    return mask_col.bitwiseAND(F.pow(F.lit(2), i).cast("long")) != 0
-
-
-def mask_to_labels(mask_col, taxonomy: Taxonomy):
-    """A label mask -> the label names, in taxonomy order.
-
-    One lambda over the taxonomy's names: a flat array of one ``when`` per
-    label runs faster on big tables but takes Spark seconds to compile for
-    every query, which small runs (and the tests) pay many times over.
-    """
-    from pyspark.sql import functions as F
-
-    names = F.array(*[F.lit(n) for n in taxonomy.names])
-    return F.filter(names, lambda _, i: _has(mask_col, i))
-
-
-def _label_bits(taxonomy: Taxonomy, values) -> "Column":
-    """A literal map: label name -> a long (its bit, or its ancestors' mask)."""
-    from pyspark.sql import functions as F
-
-    return F.create_map(*[x for n, v in zip(taxonomy.names, values) for x in (F.lit(n), _long(v))])
-
-
-def labels_to_mask(labels_col, taxonomy: Taxonomy, values=None):
-    """Label names -> a mask (unknown names are ignored); ``values``: what each label adds (default its bit).
-
-    A fold over the (few) labels of each row, not over all labels of the taxonomy.
-    """
-    from pyspark.sql import functions as F
-
-    bits = _label_bits(taxonomy, values or [1 << i for i in range(len(taxonomy.names))])
-    return F.aggregate(
-        F.coalesce(labels_col, F.array().cast("array<string>")), _long(0),
-        lambda acc, label: acc.bitwiseOR(F.coalesce(F.element_at(bits, label), _long(0))),
-    )
-
-
-def hier_mask(mask_col, taxonomy: Taxonomy):
-    """Close a label mask under ancestors."""
-    return labels_to_mask(mask_to_labels(mask_col, taxonomy), taxonomy, _ancestor_masks(taxonomy))
 
 
 # ----------------------------------------------------------------- proposals
@@ -284,9 +216,9 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    _check_size(taxonomy)
+    check_size(taxonomy)
     hs, nearest = parse_labeler(heuristics) if isinstance(heuristics, str) else (list(heuristics), False)
-    seeds = spark.createDataFrame(list(_seed_masks(taxonomy).items()), "title string, seed_mask long")
+    seeds = spark.createDataFrame(list(seed_masks(taxonomy).items()), "title string, seed_mask long")
     nodes = depth_df.select("title", F.coalesce(F.col("hidden"), F.lit(False)).alias("hidden"), "depth").dropDuplicates(["title"])
     cats = with_head(nodes.join(F.broadcast(seeds), "title", "left"), "title", "head", spaced_hyphens=True)
     null_head = F.col("head").rlike(P_NUMBER) | F.col("head").isin(sorted(NULL_HEADS))
@@ -410,53 +342,6 @@ def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataF
         .agg(F.expr("bit_or(coalesce(mask, 0L))").alias("mask"))
     )
     return _with_label_arrays(files, taxonomy).select("file_id", "file_title", "labels", "labels_hier")
-
-
-# ----------------------------------------------------------------- statistics
-
-
-def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> dict:
-    """Label statistics of a file_labels table, computed by Spark aggregations.
-
-    images per label, labels per image (mean), share of positive labels
-    (positives / (files x labels)), meanIR (mean over present labels of
-    IRLbl = max count / count), SCUMBLE (Charte et al. 2014: mean over
-    labeled files of 1 - geometric mean / arithmetic mean of their labels'
-    IRLbl), share of files with no label.
-    """
-    from pyspark.sql import functions as F
-
-    names = taxonomy.names
-    df = file_labels_df.select(labels_to_mask(F.col(column), taxonomy).alias("m"))
-    aggs = [F.count(F.lit(1)).alias("n"), F.sum(F.when(F.col("m") == 0, 1).otherwise(0)).alias("unlabeled"),
-            F.sum(F.bit_count("m")).alias("positives")]
-    aggs += [F.sum(F.shiftright("m", i).bitwiseAND(F.lit(1))).alias(f"c{i}") for i in range(len(names))]
-    row = df.agg(*aggs).first()
-    n = int(row["n"] or 0)
-    counts = {name: int(row[f"c{i}"] or 0) for i, name in enumerate(names)}
-    present = [c for c in counts.values() if c > 0]
-    max_count = max(present) if present else 0
-    ir = [max_count / counts[nm] if counts[nm] > 0 else 0.0 for nm in names]
-    stats = {
-        "files": n,
-        "images_per_label": counts,
-        "labels_per_image_mean": (int(row["positives"] or 0) / n) if n else 0.0,
-        "positive_share": (int(row["positives"] or 0) / (n * len(names))) if n else 0.0,
-        "meanIR": (sum(max_count / c for c in present) / len(present)) if present else None,
-        "labels_absent": [nm for nm in names if counts[nm] == 0],
-        "unlabeled_share": (int(row["unlabeled"] or 0) / n) if n else 0.0,
-    }
-    if present:
-        vals = F.filter(F.array(*[F.lit(x) for x in ir]), lambda _, i: _has(F.col("m"), i))
-        k = F.size(vals)
-        log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
-        lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
-        scumble = F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k)
-        s = df.where("m != 0").agg(F.avg(scumble).alias("s")).first()["s"]
-        stats["SCUMBLE"] = float(s) if s is not None else None
-    else:
-        stats["SCUMBLE"] = None
-    return stats
 
 
 # ----------------------------------------------------------------- stage

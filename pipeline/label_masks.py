@@ -1,0 +1,122 @@
+"""Label sets as bit masks in Spark columns, and the label statistics computed on them.
+
+Bit i is the i-th label in taxonomy order: a union is ``bit_or``, the hierarchical closure an OR of
+per-label ancestor masks, and arrays of names are built only at the end, already in taxonomy order.
+The ``label`` stage labels the graph with them; its statistics and the study's dataset metrics (one
+definition of cardinality, imbalance and SCUMBLE) are one aggregation over a table's masks.
+"""
+
+from __future__ import annotations
+
+from pipeline.taxonomy import Taxonomy
+
+
+def check_size(taxonomy: Taxonomy) -> None:
+    if len(taxonomy.names) > 63:
+        raise ValueError(f"taxonomy {taxonomy.version} has {len(taxonomy.names)} labels; label masks hold at most 63")
+
+
+def ancestor_masks(taxonomy: Taxonomy) -> list[int]:
+    index = {n: i for i, n in enumerate(taxonomy.names)}
+    return [sum(1 << index[a] for a in taxonomy.ancestors(n)) for n in taxonomy.names]
+
+
+def seed_masks(taxonomy: Taxonomy) -> dict[str, int]:
+    index = {n: i for i, n in enumerate(taxonomy.names)}
+    return {seed: sum(1 << index[n] for n in labels) for seed, labels in taxonomy.seed_labels(hierarchical=False).items()}
+
+
+def long_lit(value: int):
+    from pyspark.sql import functions as F
+
+    return F.lit(value).cast("long")
+
+
+def has_bit(mask_col, i):
+    """Whether bit ``i`` (a Column) of the mask is set (shiftleft takes only a Python int shift)."""
+    from pyspark.sql import functions as F
+
+    return mask_col.bitwiseAND(F.pow(F.lit(2), i).cast("long")) != 0
+
+
+def mask_to_labels(mask_col, taxonomy: Taxonomy):
+    """A label mask -> the label names, in taxonomy order.
+
+    One lambda over the taxonomy's names: a flat array of one ``when`` per
+    label runs faster on big tables but takes Spark seconds to compile for
+    every query, which small runs (and the tests) pay many times over.
+    """
+    from pyspark.sql import functions as F
+
+    names = F.array(*[F.lit(n) for n in taxonomy.names])
+    return F.filter(names, lambda _, i: has_bit(mask_col, i))
+
+
+def _label_bits(taxonomy: Taxonomy, values) -> "Column":
+    """A literal map: label name -> a long (its bit, or its ancestors' mask)."""
+    from pyspark.sql import functions as F
+
+    return F.create_map(*[x for n, v in zip(taxonomy.names, values) for x in (F.lit(n), long_lit(v))])
+
+
+def labels_to_mask(labels_col, taxonomy: Taxonomy, values=None):
+    """Label names -> a mask (unknown names are ignored); ``values``: what each label adds (default its bit).
+
+    A fold over the (few) labels of each row, not over all labels of the taxonomy.
+    """
+    from pyspark.sql import functions as F
+
+    bits = _label_bits(taxonomy, values or [1 << i for i in range(len(taxonomy.names))])
+    return F.aggregate(
+        F.coalesce(labels_col, F.array().cast("array<string>")), long_lit(0),
+        lambda acc, label: acc.bitwiseOR(F.coalesce(F.element_at(bits, label), long_lit(0))),
+    )
+
+
+def hier_mask(mask_col, taxonomy: Taxonomy):
+    """Close a label mask under ancestors."""
+    return labels_to_mask(mask_to_labels(mask_col, taxonomy), taxonomy, ancestor_masks(taxonomy))
+
+
+def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> dict:
+    """Label statistics of a file_labels table, computed by Spark aggregations.
+
+    images per label, labels per image (mean), share of positive labels
+    (positives / (files x labels)), meanIR (mean over present labels of
+    IRLbl = max count / count), SCUMBLE (Charte et al. 2014: mean over
+    labeled files of 1 - geometric mean / arithmetic mean of their labels'
+    IRLbl), share of files with no label.
+    """
+    from pyspark.sql import functions as F
+
+    names = taxonomy.names
+    df = file_labels_df.select(labels_to_mask(F.col(column), taxonomy).alias("m"))
+    aggs = [F.count(F.lit(1)).alias("n"), F.sum(F.when(F.col("m") == 0, 1).otherwise(0)).alias("unlabeled"),
+            F.sum(F.bit_count("m")).alias("positives")]
+    aggs += [F.sum(F.shiftright("m", i).bitwiseAND(F.lit(1))).alias(f"c{i}") for i in range(len(names))]
+    row = df.agg(*aggs).first()
+    n = int(row["n"] or 0)
+    counts = {name: int(row[f"c{i}"] or 0) for i, name in enumerate(names)}
+    present = [c for c in counts.values() if c > 0]
+    max_count = max(present) if present else 0
+    ir = [max_count / counts[nm] if counts[nm] > 0 else 0.0 for nm in names]
+    stats = {
+        "files": n,
+        "images_per_label": counts,
+        "labels_per_image_mean": (int(row["positives"] or 0) / n) if n else 0.0,
+        "positive_share": (int(row["positives"] or 0) / (n * len(names))) if n else 0.0,
+        "meanIR": (sum(max_count / c for c in present) / len(present)) if present else None,
+        "labels_absent": [nm for nm in names if counts[nm] == 0],
+        "unlabeled_share": (int(row["unlabeled"] or 0) / n) if n else 0.0,
+    }
+    if present:
+        vals = F.filter(F.array(*[F.lit(x) for x in ir]), lambda _, i: has_bit(F.col("m"), i))
+        k = F.size(vals)
+        log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
+        lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
+        scumble = F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k)
+        s = df.where("m != 0").agg(F.avg(scumble).alias("s")).first()["s"]
+        stats["SCUMBLE"] = float(s) if s is not None else None
+    else:
+        stats["SCUMBLE"] = None
+    return stats
