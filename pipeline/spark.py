@@ -3,6 +3,7 @@ start faster."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -55,12 +57,14 @@ def get_spark(settings: Settings, app: str):
 # ------------------------------------------------------------ the project's code for executors
 
 
-def project_archive(out_dir: str) -> str:
+def project_archive(out_dir: str, keep_days: float = 7.0) -> str:
     """A zip of the project's packages, named by a hash of their files, built once per version.
 
     Executors of a cluster do not have this checkout; the zip is what Spark ships to them
     (``addPyFile``, the convention ``spark-submit --py-files`` follows). A zip with the same name is
-    the same code, so a second stage (or a concurrent one) reuses it.
+    the same code, so a second stage (or a concurrent one) reuses it. Each use touches the zip; zips
+    of other versions unused for ``keep_days`` are removed (a stage still running an older version
+    keeps its own, which its executors may still fetch).
     """
     files = sorted(
         (p.relative_to(PROJECT_ROOT).as_posix(), p)
@@ -84,6 +88,14 @@ def project_archive(out_dir: str) -> str:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+    os.utime(final)
+    stale = time.time() - keep_days * 86400
+    for old in glob.glob(os.path.join(os.path.dirname(final), "wiki_image_topics-*.zip")):
+        try:
+            if old != final and os.path.getmtime(old) < stale:
+                os.remove(old)
+        except FileNotFoundError:  # a concurrent stage removed it first
+            pass
     return final
 
 

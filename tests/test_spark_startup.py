@@ -64,3 +64,27 @@ def test_a_stage_jvm_maps_the_archive_make_built(tmp_path):
     assert out.returncode == 0 and "rows 3" in out.stdout, out.stderr[-3000:] + out.stdout[-2000:]
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines == ["WARNING: Using incubator modules: jdk.incubator.vector"], lines
+
+
+def test_the_code_zip_for_executors_is_built_once_per_version_and_old_versions_go(tmp_path):
+    """``project_archive``: the same sources give the same zip (reused, touched); a zip of another
+    version unused for a week is removed, a recent one is kept (a running stage may still ship it)."""
+    import os
+    import time
+    import zipfile
+
+    from pipeline.spark import project_archive
+
+    out = tmp_path / "spark-pyfiles"
+    out.mkdir()
+    old, recent = out / "wiki_image_topics-0000000000000000.zip", out / "wiki_image_topics-1111111111111111.zip"
+    for path, age_days in ((old, 8), (recent, 1)):
+        path.write_bytes(b"PK")
+        os.utime(path, (time.time() - age_days * 86400,) * 2)
+    first = project_archive(str(out))
+    assert not old.exists() and recent.exists()
+    assert "pipeline/spark.py" in zipfile.ZipFile(first).namelist()
+    os.utime(first, (time.time() - 3 * 86400,) * 2)
+    built = os.stat(first).st_ino
+    assert project_archive(str(out)) == first and os.stat(first).st_ino == built  # reused, not rebuilt
+    assert time.time() - os.path.getmtime(first) < 60  # and touched
