@@ -424,6 +424,9 @@ class DumpParser:
 # ---------------------------------------------------------------- streaming
 
 
+GZIP_MAGIC = b"\x1f\x8b"  # a file that does not start with it is read as plain SQL
+
+
 class _Inflater:
     """Decompressed blocks of a (possibly truncated or multi-member) gzip file.
 
@@ -438,7 +441,7 @@ class _Inflater:
     def blocks(self) -> Iterator[bytes]:
         with fsspec.open(self.path, "rb") as f:
             raw = f.read(self.block)
-            if raw[:2] != b"\x1f\x8b":  # plain .sql
+            if raw[:2] != GZIP_MAGIC:  # plain .sql
                 while raw:
                     yield raw
                     raw = f.read(self.block)
@@ -637,7 +640,7 @@ def split_dump(path: str, out_dir: str, chunk_bytes: int, table: str | None = No
     fs = fsspec.filesystem("file") if "://" not in out_dir else fsspec.open(out_dir).fs
     fs.makedirs(out_dir, exist_ok=True)
     with fsspec.open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
+        gz = f.read(2) == GZIP_MAGIC
     if not gz:
         return _split(path, out_dir, chunk_bytes, table, stage, _Inflater(path), None, fs)
     index = f"{out_dir.rstrip('/')}/index.gzidx"
