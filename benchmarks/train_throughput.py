@@ -8,6 +8,11 @@ Synthetic in-memory arrays always; with ``--index`` and ``--store`` (a run's
 image index and the image store) also training from the store and loader-only speed. The
 first epoch/call (tracing, compilation) is excluded from every timing. Prints
 one JSON line.
+
+``--paired R`` compares the first two ``--inputs`` modes the way a noisy machine allows: both
+models are built and warmed up, then trained in turn, ``--steps`` steps each, R times, and the
+figure is the median over the R rounds of (time per step of the second) / (time per step of the
+first), with its range. Drift of the machine's speed hits both sides of a round alike.
 """
 
 from __future__ import annotations
@@ -40,20 +45,28 @@ def _model(backbone, size, labels, lr, jit, inputs="image"):
     return model
 
 
-def bench_synthetic(backbone, size, batch, steps, labels, jit, inputs="image") -> dict:
+def _synthetic(inputs, n, size, labels):
+    """Random images and token ids (about a third padding, as short captions leave), random labels."""
     from pipeline.texts import TextEncoding
-    from training.model import predict_probs
 
     rng = np.random.default_rng(0)
-    n = batch * steps
     fields, tokens = TextEncoding(DEFAULT_FIELDS).shape
     x = {}
     if inputs != "text":
         x["image"] = rng.integers(0, 256, (n, size, size, 3)).astype("float32")
-    if inputs != "image":  # about a third of the positions padding, as short captions leave
+    if inputs != "image":
         ids = rng.integers(1, 32768, (n, fields, tokens)).astype("int32")
         x["text"] = np.where(rng.random(ids.shape) < 0.33, 0, ids).astype("int32")
-    y = (rng.random((n, labels)) < 0.1).astype("float32")
+    if inputs == "image+text":  # as training.data feeds it: every indexed image has bytes
+        x["has_image"] = np.ones((n, 1), dtype="float32")
+    return x, (rng.random((n, labels)) < 0.1).astype("float32")
+
+
+def bench_synthetic(backbone, size, batch, steps, labels, jit, inputs="image") -> dict:
+    from training.model import predict_probs
+
+    n = batch * steps
+    x, y = _synthetic(inputs, n, size, labels)
     model = _model(backbone, size, labels, 1e-3, jit, inputs)
     feed = x["image"] if inputs == "image" else x
     first = {k: v[:batch] for k, v in x.items()}
@@ -90,6 +103,54 @@ def bench_shards(index_path, store, backbone, size, batch, steps, labels, hierar
     return {"loader_images_per_s": round(loader_ips, 1), "train_images_per_s": round(train_ips, 1), "samples": len(index)}
 
 
+def _round_trip(model, x, y, batch):
+    t = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    return time.perf_counter() - t
+
+
+def bench_paired(modes, backbone, size, batch, steps, labels, jit, rounds, index_path="", store="",
+                 hierarchical=True, workers=2) -> dict:
+    """Per-step time of modes[1] over modes[0], trained in turn (module docstring)."""
+    from pipeline.texts import TextEncoding
+    from training import data
+
+    n = batch * steps
+    fits = []
+    for mode in modes[:2]:
+        model = _model(backbone, size, labels, 1e-3, jit, mode)
+        if index_path:
+            index = data.read_index(index_path, "train", labels, hierarchical, store)
+            ds = data.ShardBatches(index, batch, size, shuffle=True, workers=workers, inputs=mode,
+                                   encoding=TextEncoding(DEFAULT_FIELDS))
+            model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # warm-up
+
+            def fit(model=model, ds=ds):
+                t = time.perf_counter()
+                model.fit(ds, epochs=1, steps_per_epoch=min(steps, len(ds)), verbose=0)
+                return time.perf_counter() - t
+        else:
+            x, y = _synthetic(mode, n, size, labels)
+            feed = x["image"] if mode == "image" else x
+            first = feed[:batch] if mode == "image" else {k: v[:batch] for k, v in x.items()}
+            model.fit(first, y[:batch], batch_size=batch, epochs=1, verbose=0)  # warm-up
+
+            def fit(model=model, feed=feed, y=y):
+                return _round_trip(model, feed, y, batch)
+        fits.append(fit)
+    ratios, times = [], ([], [])
+    for _ in range(rounds):
+        a, b = fits[0](), fits[1]()
+        times[0].append(a)
+        times[1].append(b)
+        ratios.append(b / a)
+    return {"modes": list(modes[:2]), "rounds": rounds, "steps_per_round": steps,
+            "ratio_median": round(float(np.median(ratios)), 3),
+            "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3),
+            "s_per_step_median": [round(float(np.median(t)) / steps, 4) for t in times],
+            "source": "store" if index_path else "in-memory arrays"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbones", default="B0,B2")
@@ -103,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--jit", action="store_true")
     ap.add_argument("--inputs", default="image", help="comma-separated train.inputs modes to time")
+    ap.add_argument("--paired", type=int, default=0, metavar="R",
+                    help="time the first two --inputs modes in turn, R rounds each (module docstring)")
     a = ap.parse_args(argv)
 
     import keras
@@ -118,6 +181,15 @@ def main(argv=None) -> int:
         "shards": {},
     }
     modes = [m.strip() for m in a.inputs.split(",") if m.strip()]
+    if a.paired:
+        if len(modes) < 2:
+            raise SystemExit("--paired needs two --inputs modes")
+        out["paired"] = {}
+        for backbone in [b.strip() for b in a.backbones.split(",") if b.strip()]:
+            out["paired"][backbone] = bench_paired(modes, backbone, a.image_size, a.batch_size, a.steps, a.labels,
+                                                   a.jit, a.paired, a.index, a.store, not a.flat, a.workers)
+        print(json.dumps(out, sort_keys=True))
+        return 0
     for backbone in [b.strip() for b in a.backbones.split(",") if b.strip()]:
         for mode in modes:
             key = backbone if modes == ["image"] else f"{backbone}/{mode}"
