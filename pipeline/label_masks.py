@@ -78,10 +78,10 @@ def hier_mask(mask_col, taxonomy: Taxonomy):
     return labels_to_mask(mask_to_labels(mask_col, taxonomy), taxonomy, ancestor_masks(taxonomy))
 
 
-def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> dict:
-    """Label statistics of a file_labels table, computed by Spark aggregations.
+def label_stats(file_labels_df, taxonomy: Taxonomy, columns=("labels",)) -> dict:
+    """Label statistics of each of ``columns`` (label arrays) of a table: two Spark aggregations in all.
 
-    images per label, labels per image (mean), share of positive labels
+    Per column: images per label, labels per image (mean), share of positive labels
     (positives / (files x labels)), meanIR (mean over present labels of
     IRLbl = max count / count), SCUMBLE (Charte et al. 2014: mean over
     labeled files of 1 - geometric mean / arithmetic mean of their labels'
@@ -90,33 +90,42 @@ def label_stats(file_labels_df, taxonomy: Taxonomy, column: str = "labels") -> d
     from pyspark.sql import functions as F
 
     names = taxonomy.names
-    df = file_labels_df.select(labels_to_mask(F.col(column), taxonomy).alias("m"))
-    aggs = [F.count(F.lit(1)).alias("n"), F.sum(F.when(F.col("m") == 0, 1).otherwise(0)).alias("unlabeled"),
-            F.sum(F.bit_count("m")).alias("positives")]
-    aggs += [F.sum(F.shiftright("m", i).bitwiseAND(F.lit(1))).alias(f"c{i}") for i in range(len(names))]
+    masks = [f"m{j}" for j in range(len(columns))]
+    df = file_labels_df.select(*[labels_to_mask(F.col(c), taxonomy).alias(m) for c, m in zip(columns, masks)])
+    aggs = [F.count(F.lit(1)).alias("n")]
+    for m in masks:
+        aggs += [F.sum(F.when(F.col(m) == 0, 1).otherwise(0)).alias(f"{m}_unlabeled"),
+                 F.sum(F.bit_count(m)).alias(f"{m}_positives")]
+        aggs += [F.sum(F.shiftright(m, i).bitwiseAND(F.lit(1))).alias(f"{m}_c{i}") for i in range(len(names))]
     row = df.agg(*aggs).first()
     n = int(row["n"] or 0)
-    counts = {name: int(row[f"c{i}"] or 0) for i, name in enumerate(names)}
-    present = [c for c in counts.values() if c > 0]
-    max_count = max(present) if present else 0
-    ir = [max_count / counts[nm] if counts[nm] > 0 else 0.0 for nm in names]
-    stats = {
-        "files": n,
-        "images_per_label": counts,
-        "labels_per_image_mean": (int(row["positives"] or 0) / n) if n else 0.0,
-        "positive_share": (int(row["positives"] or 0) / (n * len(names))) if n else 0.0,
-        "meanIR": (sum(max_count / c for c in present) / len(present)) if present else None,
-        "labels_absent": [nm for nm in names if counts[nm] == 0],
-        "unlabeled_share": (int(row["unlabeled"] or 0) / n) if n else 0.0,
-    }
-    if present:
-        vals = F.filter(F.array(*[F.lit(x) for x in ir]), lambda _, i: has_bit(F.col("m"), i))
-        k = F.size(vals)
-        log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
-        lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
-        scumble = F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k)
-        s = df.where("m != 0").agg(F.avg(scumble).alias("s")).first()["s"]
-        stats["SCUMBLE"] = float(s) if s is not None else None
-    else:
-        stats["SCUMBLE"] = None
-    return stats
+    out, scumbles = {}, []
+    for column, m in zip(columns, masks):
+        counts = {name: int(row[f"{m}_c{i}"] or 0) for i, name in enumerate(names)}
+        present = [c for c in counts.values() if c > 0]
+        max_count = max(present) if present else 0
+        positives = int(row[f"{m}_positives"] or 0)
+        out[column] = {
+            "files": n,
+            "images_per_label": counts,
+            "labels_per_image_mean": positives / n if n else 0.0,
+            "positive_share": positives / (n * len(names)) if n else 0.0,
+            "meanIR": (sum(max_count / c for c in present) / len(present)) if present else None,
+            "labels_absent": [nm for nm in names if counts[nm] == 0],
+            "unlabeled_share": (int(row[f"{m}_unlabeled"] or 0) / n) if n else 0.0,
+            "SCUMBLE": None,
+        }
+        if present:
+            ir = [max_count / counts[nm] if counts[nm] > 0 else 0.0 for nm in names]
+            mask = F.col(m)
+            vals = F.filter(F.array(*[F.lit(x) for x in ir]), lambda _, i: has_bit(mask, i))
+            k = F.size(vals)
+            log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
+            lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
+            # avg skips nulls: files with no label do not count
+            scumble = F.when(F.col(m) != 0, F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k))
+            scumbles.append(F.avg(scumble).alias(column))
+    if scumbles:
+        for column, value in df.agg(*scumbles).first().asDict().items():
+            out[column]["SCUMBLE"] = float(value) if value is not None else None
+    return out

@@ -112,10 +112,7 @@ def label_counts(df, column: str, names: list[str]) -> dict[str, int]:
     return {n: int(found.get(n, 0)) for n in names}
 
 
-def _metrics_of(df, column: str, taxonomy: Taxonomy) -> dict:
-    from pipeline.label_masks import label_stats
-
-    stats = label_stats(df, taxonomy, column)  # the label stage's statistics, on the images
+def _metrics_of(stats: dict) -> dict:
     n, counts = stats["files"], stats["images_per_label"]
     present = [c for c in counts.values() if c > 0]
     return {"images": n, "labels": len(counts), "labels_with_images": len(present),
@@ -140,7 +137,10 @@ def dataset_metrics(run: Run, split: str | None = None) -> pd.DataFrame:
     hierarchical    2834      31                  31            2590              2.73 ...
     """
     df = run.images if split is None else run.images.where(run.images.split == split)
-    rows = {"flat": _metrics_of(df, "labels", run.taxonomy), "hierarchical": _metrics_of(df, "labels_hier", run.taxonomy)}
+    from pipeline.label_masks import label_stats
+
+    stats = label_stats(df, run.taxonomy, ("labels", "labels_hier"))  # the label stage's statistics, on the images
+    rows = {"flat": _metrics_of(stats["labels"]), "hierarchical": _metrics_of(stats["labels_hier"])}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

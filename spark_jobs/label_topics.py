@@ -369,6 +369,8 @@ def missing_seeds(spark, depth_df, taxonomy: Taxonomy) -> list[str]:
 
 
 def run(settings: Settings) -> dict:
+    from pyspark.sql import functions as F
+
     from pipeline.spark import get_spark
 
     layout = Layout.from_settings(settings)
@@ -400,14 +402,16 @@ def run(settings: Settings) -> dict:
     file_path = write_spark(files.repartition(n, "file_id").sortWithinPartitions("file_id"), layout.labels("file_labels"))
     files = spark.read.parquet(file_path)
 
+    per_column = label_stats(files, taxonomy, ("labels", "labels_hier"))
+    sizes = cats.agg(F.count(F.lit(1)).alias("n"), F.count_if(F.size("labels") > 0).alias("labeled")).first()
     stats = {
         "taxonomy": taxonomy.version,
         "heuristics": heuristics,
         "labels": taxonomy.names,
-        "flat": label_stats(files, taxonomy, "labels"),
-        "hierarchical": label_stats(files, taxonomy, "labels_hier"),
-        "categories": cats.count(),
-        "categories_labeled": cats.where("size(labels) > 0").count(),
+        "flat": per_column["labels"],
+        "hierarchical": per_column["labels_hier"],
+        "categories": int(sizes["n"]),
+        "categories_labeled": int(sizes["labeled"]),
         **counts,
         "missing_seeds": missing,
     }

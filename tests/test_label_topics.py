@@ -176,6 +176,7 @@ def test_run_on_tiny_tables_warns_about_missing_seeds(spark, tmp_path):
     assert stats["hierarchical"]["images_per_label"]["Places"] == 1
     assert stats["flat"]["meanIR"] == 1.0 and stats["flat"]["SCUMBLE"] == 0.0
     assert stats["hierarchical"]["labels_per_image_mean"] == 1.0
+    assert stats["categories"] == 3 and stats["categories_labeled"] == 2  # Maps and Old maps
     assert "Plantae" in stats["missing_seeds"]
 
 
