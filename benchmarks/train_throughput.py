@@ -103,12 +103,6 @@ def bench_shards(index_path, store, backbone, size, batch, steps, labels, hierar
     return {"loader_images_per_s": round(loader_ips, 1), "train_images_per_s": round(train_ips, 1), "samples": len(index)}
 
 
-def _round_trip(model, x, y, batch):
-    t = time.perf_counter()
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
-    return time.perf_counter() - t
-
-
 def bench_paired(modes, backbone, size, batch, steps, labels, jit, rounds, index_path="", store="",
                  hierarchical=True, workers=2) -> dict:
     """Per-step time of modes[1] over modes[0], trained in turn (module docstring)."""
@@ -136,7 +130,9 @@ def bench_paired(modes, backbone, size, batch, steps, labels, jit, rounds, index
             model.fit(first, y[:batch], batch_size=batch, epochs=1, verbose=0)  # warm-up
 
             def fit(model=model, feed=feed, y=y):
-                return _round_trip(model, feed, y, batch)
+                t = time.perf_counter()
+                model.fit(feed, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+                return time.perf_counter() - t
         fits.append(fit)
     ratios, times = [], ([], [])
     for _ in range(rounds):

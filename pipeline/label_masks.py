@@ -123,7 +123,7 @@ def label_stats(file_labels_df, taxonomy: Taxonomy, columns=("labels",)) -> dict
             log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
             lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
             # avg skips nulls: files with no label do not count
-            scumble = F.when(F.col(m) != 0, F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k))
+            scumble = F.when(mask != 0, F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k))
             scumbles.append(F.avg(scumble).alias(column))
     if scumbles:
         for column, value in df.agg(*scumbles).first().asDict().items():
