@@ -32,24 +32,33 @@ def long_lit(value: int):
     return F.lit(value).cast("long")
 
 
-def has_bit(mask_col, i):
-    """Whether bit ``i`` (a Column) of the mask is set (shiftleft takes only a Python int shift)."""
+def per_bit(mask_col, n: int, value):
+    """``value(bit_set, i)`` for each of the mask's ``n`` low bits, as an array.
+
+    The mask is evaluated once per row, as ``array_repeat``'s argument: a lambda
+    that named the mask column itself would let Spark inline the expression that
+    computes it into the lambda (CollapseProject), which then ran once per label
+    (seven times slower for label arrays and their hierarchical closure).
+    """
     from pyspark.sql import functions as F
 
-    return mask_col.bitwiseAND(F.pow(F.lit(2), i).cast("long")) != 0
+    def bit_set(m, i):
+        return F.call_function("shiftright", m, i).bitwiseAND(long_lit(1)) != 0
+
+    return F.transform(F.array_repeat(mask_col, n), lambda m, i: value(bit_set(m, i), i))
 
 
 def mask_to_labels(mask_col, taxonomy: Taxonomy):
     """A label mask -> the label names, in taxonomy order.
 
-    One lambda over the taxonomy's names: a flat array of one ``when`` per
-    label runs faster on big tables but takes Spark seconds to compile for
-    every query, which small runs (and the tests) pay many times over.
+    One lambda over the taxonomy's labels: a flat array of one ``when`` per
+    label takes Spark seconds to compile for every query, which small runs
+    (and the tests) pay many times over.
     """
     from pyspark.sql import functions as F
 
     names = F.array(*[F.lit(n) for n in taxonomy.names])
-    return F.filter(names, lambda _, i: has_bit(mask_col, i))
+    return F.array_compact(per_bit(mask_col, len(taxonomy.names), lambda is_set, i: F.when(is_set, F.get(names, i))))
 
 
 def _label_bits(taxonomy: Taxonomy, values) -> "Column":
@@ -74,30 +83,39 @@ def labels_to_mask(labels_col, taxonomy: Taxonomy, values=None):
 
 
 def hier_mask(mask_col, taxonomy: Taxonomy):
-    """Close a label mask under ancestors."""
-    return labels_to_mask(mask_to_labels(mask_col, taxonomy), taxonomy, ancestor_masks(taxonomy))
+    """Close a label mask under ancestors: the OR of its labels' ancestor masks."""
+    from pyspark.sql import functions as F
+
+    ancestors = F.array(*[long_lit(a) for a in ancestor_masks(taxonomy)])
+    own = per_bit(mask_col, len(taxonomy.names),
+                  lambda is_set, i: F.when(is_set, F.get(ancestors, i)).otherwise(long_lit(0)))
+    return F.aggregate(own, long_lit(0), lambda acc, a: acc.bitwiseOR(a))
 
 
 def label_stats(file_labels_df, taxonomy: Taxonomy, columns=("labels",)) -> dict:
-    """Label statistics of each of ``columns`` (label arrays) of a table: two Spark aggregations in all.
+    """Label statistics of each of ``columns`` (label arrays) of a table.
 
     Per column: images per label, labels per image (mean), share of positive labels
     (positives / (files x labels)), meanIR (mean over present labels of
     IRLbl = max count / count), SCUMBLE (Charte et al. 2014: mean over
     labeled files of 1 - geometric mean / arithmetic mean of their labels'
-    IRLbl), share of files with no label.
+    IRLbl), share of files with no label. One pass over the table counts its
+    files per label combination; the statistics are weighted sums over those
+    few combinations.
     """
     from pyspark.sql import functions as F
 
     names = taxonomy.names
     masks = [f"m{j}" for j in range(len(columns))]
-    df = file_labels_df.select(*[labels_to_mask(F.col(c), taxonomy).alias(m) for c, m in zip(columns, masks)])
-    aggs = [F.count(F.lit(1)).alias("n")]
+    combos = (file_labels_df.select(*[labels_to_mask(F.col(c), taxonomy).alias(m) for c, m in zip(columns, masks)])
+              .groupBy(*masks).agg(F.count(F.lit(1)).alias("files")).localCheckpoint())
+    files = F.col("files")
+    aggs = [F.sum(files).alias("n")]
     for m in masks:
-        aggs += [F.sum(F.when(F.col(m) == 0, 1).otherwise(0)).alias(f"{m}_unlabeled"),
-                 F.sum(F.bit_count(m)).alias(f"{m}_positives")]
-        aggs += [F.sum(F.shiftright(m, i).bitwiseAND(F.lit(1))).alias(f"{m}_c{i}") for i in range(len(names))]
-    row = df.agg(*aggs).first()
+        aggs += [F.sum(F.when(F.col(m) == 0, files).otherwise(0)).alias(f"{m}_unlabeled"),
+                 F.sum(F.bit_count(m) * files).alias(f"{m}_positives")]
+        aggs += [F.sum(F.shiftright(m, i).bitwiseAND(F.lit(1)) * files).alias(f"{m}_c{i}") for i in range(len(names))]
+    row = combos.agg(*aggs).first()
     n = int(row["n"] or 0)
     out, scumbles = {}, []
     for column, m in zip(columns, masks):
@@ -118,14 +136,15 @@ def label_stats(file_labels_df, taxonomy: Taxonomy, columns=("labels",)) -> dict
         if present:
             ir = [max_count / counts[nm] if counts[nm] > 0 else 0.0 for nm in names]
             mask = F.col(m)
-            vals = F.filter(F.array(*[F.lit(x) for x in ir]), lambda _, i: has_bit(mask, i))
+            irs = F.array(*[F.lit(x) for x in ir])
+            vals = F.array_compact(per_bit(mask, len(names), lambda is_set, i: F.when(is_set, F.get(irs, i))))
             k = F.size(vals)
             log_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + F.log(v))
             lin_sum = F.aggregate(vals, F.lit(0.0), lambda a, v: a + v)
-            # avg skips nulls: files with no label do not count
-            scumble = F.when(mask != 0, F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k))
-            scumbles.append(F.avg(scumble).alias(column))
+            scumble = F.lit(1.0) - F.exp(log_sum / k) / (lin_sum / k)
+            # over labeled files only
+            scumbles.append((F.sum(F.when(mask != 0, scumble * files)) / F.sum(F.when(mask != 0, files))).alias(column))
     if scumbles:
-        for column, value in df.agg(*scumbles).first().asDict().items():
+        for column, value in combos.agg(*scumbles).first().asDict().items():
             out[column]["SCUMBLE"] = float(value) if value is not None else None
     return out

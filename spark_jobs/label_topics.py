@@ -27,8 +27,8 @@ from pipeline.atomic import write_json, write_spark
 from pipeline.config import Settings
 from pipeline.errors import StageError, require_input
 from pipeline.heads import NULL_HEADS, P_NUMBER, with_head
-from pipeline.label_masks import (ancestor_masks, check_size, has_bit, long_lit, seed_masks, hier_mask,
-                                   label_stats, labels_to_mask, mask_to_labels)
+from pipeline.label_masks import (check_size, hier_mask, label_stats, labels_to_mask, mask_to_labels,
+                                   seed_masks)
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
 from pipeline.traversal import PARENT_HEADS, parse_heuristics, parse_labeler
@@ -219,8 +219,10 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
     check_size(taxonomy)
     hs, nearest = parse_labeler(heuristics) if isinstance(heuristics, str) else (list(heuristics), False)
     seeds = spark.createDataFrame(list(seed_masks(taxonomy).items()), "title string, seed_mask long")
-    nodes = depth_df.select("title", F.coalesce(F.col("hidden"), F.lit(False)).alias("hidden"), "depth").dropDuplicates(["title"])
-    cats = with_head(nodes.join(F.broadcast(seeds), "title", "left"), "title", "head", spaced_hyphens=True)
+    # heads before the shuffle: after it, Spark coalesces a small graph into one task
+    nodes = with_head(depth_df.select("title", F.coalesce(F.col("hidden"), F.lit(False)).alias("hidden"), "depth"),
+                      "title", "head", spaced_hyphens=True).dropDuplicates(["title"])
+    cats = nodes.join(F.broadcast(seeds), "title", "left")
     null_head = F.col("head").rlike(P_NUMBER) | F.col("head").isin(sorted(NULL_HEADS))
     cats = cats.withColumn("is_seed", F.col("seed_mask").isNotNull()).withColumn(
         "status",
