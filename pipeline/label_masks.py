@@ -61,21 +61,14 @@ def mask_to_labels(mask_col, taxonomy: Taxonomy):
     return F.array_compact(per_bit(mask_col, len(taxonomy.names), lambda is_set, i: F.when(is_set, F.get(names, i))))
 
 
-def _label_bits(taxonomy: Taxonomy, values) -> "Column":
-    """A literal map: label name -> a long (its bit, or its ancestors' mask)."""
-    from pyspark.sql import functions as F
-
-    return F.create_map(*[x for n, v in zip(taxonomy.names, values) for x in (F.lit(n), long_lit(v))])
-
-
-def labels_to_mask(labels_col, taxonomy: Taxonomy, values=None):
-    """Label names -> a mask (unknown names are ignored); ``values``: what each label adds (default its bit).
+def labels_to_mask(labels_col, taxonomy: Taxonomy):
+    """Label names -> a mask (unknown names are ignored).
 
     A fold over the (few) labels of each row, not over all labels of the taxonomy.
     """
     from pyspark.sql import functions as F
 
-    bits = _label_bits(taxonomy, values or [1 << i for i in range(len(taxonomy.names))])
+    bits = F.create_map(*[x for i, n in enumerate(taxonomy.names) for x in (F.lit(n), long_lit(1 << i))])
     return F.aggregate(
         F.coalesce(labels_col, F.array().cast("array<string>")), long_lit(0),
         lambda acc, label: acc.bitwiseOR(F.coalesce(F.element_at(bits, label), long_lit(0))),
