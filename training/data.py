@@ -164,7 +164,12 @@ class ShardBatches(keras.utils.PyDataset):
     """Batches (x, y float32 multi-hot) of one split, reshuffled every epoch.
 
     x is float32 NHWC 0..255 for an image model, else a dict with ``image``
-    and/or ``text`` (int32 ids, ``pipeline.texts``).
+    and/or ``text`` (int32 ids, ``pipeline.texts``). ``drop_remainder`` (for
+    training) leaves out each epoch's last, partial batch, as ``tf.data`` and
+    PyTorch do: every step then has one shape, so the train step is traced
+    once (a second shape retraces it, seconds of CPU for EfficientNet), and
+    BatchNormalization never sees a batch of a few images. The reshuffle
+    leaves out other images each epoch.
     """
 
     def __init__(
@@ -179,6 +184,7 @@ class ShardBatches(keras.utils.PyDataset):
         max_queue_size: int = 10,
         inputs: str = "image",
         encoding=None,
+        drop_remainder: bool = False,
     ):
         super().__init__(workers=max(1, workers), use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if len(index) == 0:
@@ -190,6 +196,7 @@ class ShardBatches(keras.utils.PyDataset):
         if inputs != "image":
             _text_table(index)  # read once here, not by every loader thread at once
         self.shuffle = shuffle
+        self.drop_remainder = drop_remainder
         self.seed = seed
         self.epoch = 0
         self._set_order()
@@ -202,6 +209,8 @@ class ShardBatches(keras.utils.PyDataset):
             self.order = np.arange(n)
 
     def __len__(self) -> int:
+        if self.drop_remainder:
+            return len(self.index) // self.batch_size
         return math.ceil(len(self.index) / self.batch_size)
 
     def __getitem__(self, i):

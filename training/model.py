@@ -227,7 +227,10 @@ def predict_probs(model, x, batch_size: int = 256) -> np.ndarray:
     """Probabilities batch by batch (compiled, no tf.data overhead).
 
     ``x``: uint8 or float images (N, H, W, 3) for an image model, or a dict of
-    its inputs (``image``, ``text`` ids, ``has_image``) for any model.
+    its inputs (``image``, ``text`` ids, ``has_image``) for any model. When
+    there is more than one batch, the last is padded to the batch size (zeros:
+    no image, no text) and its padding dropped, so the predict function is
+    traced for one shape only; rows do not interact in inference.
     """
     inputs = x if isinstance(x, dict) else {"image": x}
     n = len(next(iter(inputs.values())))
@@ -238,6 +241,10 @@ def predict_probs(model, x, batch_size: int = 256) -> np.ndarray:
     for start in range(0, n, batch_size):
         chunk = {k: np.asarray(v[start : start + batch_size], dtype="int32" if k == "text" else "float32")
                  for k, v in inputs.items()}
-        out.append(np.asarray(model.predict_on_batch(next(iter(chunk.values())) if single else chunk),
-                              dtype="float32"))
+        rows = len(next(iter(chunk.values())))
+        if rows < batch_size < n:
+            chunk = {k: np.concatenate([v, np.zeros((batch_size - rows, *v.shape[1:]), v.dtype)])
+                     for k, v in chunk.items()}
+        probs = model.predict_on_batch(next(iter(chunk.values())) if single else chunk)
+        out.append(np.asarray(probs, dtype="float32")[:rows])
     return np.concatenate(out, axis=0)

@@ -186,7 +186,7 @@ def run(settings: Settings) -> dict:
                     optimizer=keras.optimizers.Adam(t.learning_rate), loss=loss, jit_compile=bool(t.jit_compile)
                 )
             train_ds = data.ShardBatches(
-                idx["train"], batch, size, shuffle=True, seed=t.seed,
+                idx["train"], batch, size, shuffle=True, seed=t.seed, drop_remainder=True,
                 workers=t.workers, use_multiprocessing=t.use_multiprocessing, inputs=inputs, encoding=encoding,
             )
             val_ds = data.ShardBatches(
