@@ -117,6 +117,14 @@ def test_batches_shapes_shuffle_and_determinism(small_shards):
     assert len({h for _, h in handles}) == len({t for t, _ in handles})
     # batch size is clipped to the split size
     assert len(data.ShardBatches(index, 10_000, 32)) == 1
+    # training batches leave out each epoch's partial batch: one shape, a different remainder each epoch
+    train = data.ShardBatches(index, 16, 32, seed=3, drop_remainder=True)
+    assert len(train) == 2 and all(len(train[i][1]) == 16 for i in range(2))
+    left_out = [set(train.order[32:])]
+    train.on_epoch_end()
+    left_out.append(set(train.order[32:]))
+    assert left_out[0] != left_out[1]
+    assert len(data.ShardBatches(index, 10_000, 32, drop_remainder=True)) == 1
 
 
 def test_empty_and_missing_splits_are_clear_errors(small_shards, tmp_path):
@@ -296,3 +304,5 @@ def test_model_options_head_and_roundtrip(tmp_path):
     model.save_weights(weights)
     from_file = build_model(31, "B0", weights, 32, hierarchical_head=True, ancestor_matrix=r)
     np.testing.assert_allclose(predict_probs(from_file, x), p, atol=1e-6)
+    # in batches of 3, the last (one image) padded to 3 and its padding dropped: the same rows
+    np.testing.assert_allclose(predict_probs(model, x, batch_size=3), p, atol=1e-6)
