@@ -202,7 +202,7 @@ def run(settings: Settings) -> dict:
             best_epoch = int(np.argmin(val_losses)) if val_losses else epochs_run - 1
             # Steady-state speed: skip the first epoch (tracing/compilation) when there is more than one.
             timed = logger.times[1:] if len(logger.times) > 1 else logger.times
-            train_ips = counts["train"] * len(timed) / max(sum(timed), 1e-9)
+            train_ips = len(train_ds) * train_ds.batch_size * len(timed) / max(sum(timed), 1e-9)  # images seen
 
             # Export a float32 copy without optimizer state: what gets served.
             keras.mixed_precision.set_global_policy("float32")
