@@ -35,6 +35,13 @@ SECOND_DUMP_DATE = "20260301"
 # A newer run the demo's dumps server shows as still in progress: fetch must skip it.
 IN_PROGRESS_DUMP_DATE = "20260115"
 SMALL_DATA_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# Offline machine: no ImageNet download. A few thousand images from scratch on a CPU learn best with
+# small batches, a higher rate and faster BatchNorm statistics; at 32 px an epoch costs a quarter of
+# 64 px, so 10 of them fit the demo's 10 minutes and score better than 8 at 64 px (measured:
+# docs/benchmarks.md). The sample's shapes fill half an image, so 32 px still shows them; real photos
+# want the default 64 or more. Each is overridden by the same variable in the environment.
+TRAINING_ENV = {"WEIGHTS": "none", "IMAGE_SIZE": "32", "EPOCHS": "10", "BATCH_SIZE": "32",
+                "LEARNING_RATE": "0.002", "BN_MOMENTUM": "0.9"}
 DEMO_USER_AGENT = "wiki-image-topics-demo/0.1 (local sample mirror; no Wikimedia hosts) python-requests"
 
 
@@ -53,6 +60,15 @@ def airflow_env(state_dir: str) -> dict[str, str]:
 
 
 INPUT_MODES = ("image", "text", "image+text")
+
+
+def training_env(epochs: int | None = None, environ=os.environ) -> dict[str, str]:
+    """The demo's training settings as the stage processes get them: ``TRAINING_ENV``, where the
+    environment does not set them, and ``epochs`` when given."""
+    env = {k: environ.get(k, v) for k, v in TRAINING_ENV.items()}
+    if epochs:
+        env["EPOCHS"] = str(epochs)
+    return env
 
 
 def _stage(args: list[str], env: dict[str, str]) -> None:
@@ -150,17 +166,7 @@ def run_demo(
         "WIT_DIR": str(data_root / "wit"),
         "DUMP_DATE": SAMPLE_DUMP_DATE,
         "USER_AGENT": DEMO_USER_AGENT,
-        # Offline machine: no ImageNet download. A few thousand images from scratch on a CPU
-        # learn best with small batches, a higher rate and faster BatchNorm statistics; at 32 px
-        # an epoch costs a quarter of 64 px, so 10 of them fit the demo's 10 minutes and score
-        # better than 8 at 64 px (measured: docs/benchmarks.md). The sample's shapes fill half
-        # an image, so 32 px still shows them; real photos want the default 64 or more.
-        "WEIGHTS": os.environ.get("WEIGHTS", "none"),
-        "IMAGE_SIZE": os.environ.get("IMAGE_SIZE", "32"),
-        "EPOCHS": str(epochs or os.environ.get("EPOCHS", 10)),
-        "BATCH_SIZE": os.environ.get("BATCH_SIZE", "32"),
-        "LEARNING_RATE": os.environ.get("LEARNING_RATE", "0.002"),
-        "BN_MOMENTUM": os.environ.get("BN_MOMENTUM", "0.9"),
+        **training_env(epochs),
         "SHARD_SIZE": os.environ.get("SHARD_SIZE", "500"),
         # The mirror is our own server on loopback, not Wikimedia: no need for their caps.
         "PER_HOST_CONCURRENCY": os.environ.get("PER_HOST_CONCURRENCY", "8"),

@@ -237,6 +237,34 @@ def test_night_3_on_the_same_dump_skips_every_stage(nights):
     assert set(states.values()) == {"skipped"} and "train" in states and "ingest" in states
 
 
+def test_a_changed_training_setting_reruns_train_and_leaves_the_stages_before_it(nights):
+    """What a night would do after night 3 with one training setting changed, read off the records the
+    DAG left: every stage before ``train`` is up to date, ``train`` is not because of its settings, and
+    what comes after it names train's output (``report`` its fingerprint, ``infer`` the model)."""
+    from pipeline import lineage
+    from pipeline.config import load_settings
+    from pipeline.demo import SECOND_DUMP_DATE, training_env
+    from pipeline.layout import Layout
+
+    root, outputs, _ = nights
+    base = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
+            "label.heuristics": "depth", "paths.dump_date": SECOND_DUMP_DATE}
+    env = training_env(epochs=1, environ={})  # the settings the fixture's nights trained with
+    before = ("ingest", "graph", "label", "wit", "shard")
+    same = load_settings(base, environ=env)
+    assert all(lineage.fresh(same, stage)[0] is not None for stage in (*before, "train"))
+    changed = load_settings({**base, "train.epochs": "2"}, environ=env)
+    for stage in before:
+        record, why = lineage.fresh(changed, stage)
+        assert record is not None, (stage, why)
+    record, why = lineage.fresh(changed, "train")
+    assert record is None and "settings" in why
+    train = outputs[1]["summaries"]["train"]
+    assert lineage.inputs(changed, "report")["upstream"]["train"] == train["fingerprint"]
+    infer = lineage.recorded(Layout.from_settings(changed), "infer")
+    assert infer["inputs"]["model_uri"] == f"models:/wiki-image-topics-v1.3/{train['champion_version']}"
+
+
 def test_each_stage_published_the_exact_uri_of_its_output(nights):
     import sqlite3
 
