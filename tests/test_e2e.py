@@ -11,15 +11,21 @@ import pytest
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 
+EPOCHS = 1
+
+
+def _overrides(root: Path) -> dict[str, str]:
+    # The sample's truth.json holds the labels of the plain depth rule; headJ is tested on its own.
+    return {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
+            "label.heuristics": "depth"}
+
+
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
     from pipeline.demo import run_demo
 
     root = tmp_path_factory.mktemp("e2e")
-    # The sample's truth.json holds the labels of the plain depth rule; headJ is tested on its own.
-    overrides = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
-                 "label.heuristics": "depth"}
-    result = run_demo(overrides=overrides, images=250, categories=300, seed=3, epochs=1, runs=3)
+    result = run_demo(overrides=_overrides(root), images=250, categories=300, seed=3, epochs=EPOCHS, runs=3)
     return root, result["night_outputs"] + [result], result["nights"]
 
 
@@ -247,9 +253,8 @@ def test_a_changed_training_setting_reruns_train_and_leaves_the_stages_before_it
     from pipeline.layout import Layout
 
     root, outputs, _ = nights
-    base = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"),
-            "label.heuristics": "depth", "paths.dump_date": SECOND_DUMP_DATE}
-    env = training_env(epochs=1, environ={})  # the settings the fixture's nights trained with
+    base = {**_overrides(root), "paths.dump_date": SECOND_DUMP_DATE}
+    env = training_env(epochs=EPOCHS, environ={})  # the settings the fixture's nights trained with
     before = ("ingest", "graph", "label", "wit", "shard")
     same = load_settings(base, environ=env)
     assert all(lineage.fresh(same, stage)[0] is not None for stage in (*before, "train"))
