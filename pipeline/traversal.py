@@ -99,6 +99,44 @@ def shortened_matches(heads: list[str]) -> tuple[set[str], list[str]]:
         heads = [" ".join(h.split()[1:]).capitalize() if len(h.split()) == longest else h for h in heads]
 
 
+def head_queries(title: str, parents: list[str], heads: list[str]) -> list[tuple[str, str]]:
+    """headJ's queries before the depth test: (repeated head, category to query) pairs.
+
+    ``heads``: the category's head, then its parents' heads in ``parents``' order.
+    A repeated head names the category to query, except the ``PARENT_HEADS``
+    (Births, Genera, ...), where every parent carrying the head is queried
+    whatever its depth (the original took the repeating one in the dump's
+    parent order; this does not depend on an order). The depth test applies
+    to the head's category in both cases.
+    """
+    repeated, short = shortened_matches(heads)
+    out = []
+    for h in sorted(repeated):
+        if h in PARENT_HEADS:
+            out += [(h, p) for p, ph in zip(parents, short[1:]) if ph == h and p != title]
+        else:
+            out.append((h, h))
+    return out
+
+
+def candidate_queries(heuristic: str, title: str, depth: int, parents: list[str], parent_depths: list,
+                      parent_is_seed: list[bool], heads: list[str] | None = None) -> list[tuple[str, str | None]]:
+    """One heuristic's queries from a category and what is known of its parents: (category, key) pairs.
+
+    A pair with a ``key`` (headJ) counts only if the category named ``key``
+    lies above this one (a smaller depth); the caller checks that, as the key
+    need not be a parent. ``heads`` (headJ only): this category's head, then
+    its parents'. The Spark stage and the oracle both propose through here.
+    """
+    if heuristic == "depth":
+        return [(p, None) for p, d in zip(parents, parent_depths) if d is not None and d < depth]
+    if heuristic == "lookahead":
+        return [(p, None) for p, seed in zip(parents, parent_is_seed) if seed]
+    if heuristic == "headJ":
+        return [(target, key) for key, target in head_queries(title, parents, heads)]
+    raise ValueError(f"unknown heuristic {heuristic!r}; valid: {', '.join(HEURISTICS)}")
+
+
 @dataclass
 class Traversal:
     """Recursive, memoised labeling over an in-memory graph."""
@@ -142,26 +180,11 @@ class Traversal:
         """The categories a heuristic proposes to query next."""
         d = self.depth[title]
         parents = self.parents.get(title, [])
-        if heuristic == "depth":
-            return [p for p in parents if self._depth(p) is not None and self._depth(p) < d]
-        if heuristic == "lookahead":
-            return [p for p in parents if p in self.seeds]
-        if heuristic == "headJ":
-            heads = [self.get_head(title)] + [self.get_head(p) for p in parents]
-            repeated, short = shortened_matches(heads)
-            out = []
-            for h in sorted(repeated):
-                if self._depth(h) is None or self._depth(h) >= d:
-                    continue  # no category named by the head, or not above this one
-                if h in PARENT_HEADS:
-                    # every parent carrying the head, whatever its depth (the
-                    # original took the repeating one in the dump's parent
-                    # order; this does not depend on an order)
-                    out += [p for p, ph in zip(parents, short[1:]) if ph == h and p != title]
-                else:
-                    out.append(h)
-            return out
-        raise ValueError(f"unknown heuristic {heuristic!r}; valid: {', '.join(HEURISTICS)}")
+        heads = [self.get_head(t) for t in [title, *parents]] if heuristic == "headJ" else None
+        found = candidate_queries(heuristic, title, d, parents, [self._depth(p) for p in parents],
+                                  [p in self.seeds for p in parents], heads)
+        return [target for target, key in found
+                if key is None or (self._depth(key) is not None and self._depth(key) < d)]
 
     def _walks_on(self, title: str) -> bool:
         """Whether the heuristics are tried here (not a red link, unconnected, seed, hidden or null head)."""

@@ -1,7 +1,10 @@
 """Stage ``label``: topic labels for every category and file, by the traversal heuristics.
 
-The rules are those of ``pipeline/traversal.py`` (the recursive oracle).
-Instead of recursing per category this job labels in rounds: each round takes
+The rules are those of ``pipeline/traversal.py`` (the recursive oracle). What
+each category proposes to query is computed by the oracle's own function
+(``candidate_queries``), category by category in Python tasks, after Spark
+has joined every edge with what is known of its parent. Instead of
+recursing per category this job labels in rounds: each round takes
 every category whose proposals (all heuristics, with their rank) are labeled
 already, joins them against the labels found so far, and one ``bit_or`` per
 (category, heuristic) and one ``min_by`` over the rank pick the first
@@ -31,7 +34,7 @@ from pipeline.label_masks import (check_size, hier_mask, label_stats, labels_to_
                                    seed_masks)
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
-from pipeline.traversal import PARENT_HEADS, parse_heuristics, parse_labeler
+from pipeline.traversal import parse_heuristics, parse_labeler
 
 STAGE = "label"
 log = logging.getLogger(__name__)
@@ -48,83 +51,96 @@ class MissingSeedsWarning(UserWarning):
 # ----------------------------------------------------------------- proposals
 
 
-def _head_match_proposals(members):
-    """headJ proposals of every pending category, as DataFrame ops.
+PROPOSAL_SCHEMA = "child string, child_depth int, target string, rank int, key string"
 
-    The original shortening loop (drop the first word of the longest heads
-    until some head repeats) stops at the largest length L at which two of
-    the heads cut to their last min(words, L) words are equal; so every L from
-    1 to the longest head is tried at once and the largest L with a repeat
-    kept. ``members``: (child, member, member_head), the category itself among its members.
+
+def propose_in_order(batches, heuristics: list[str]):
+    """Every heuristic's proposals, category by category, by the oracle's rules (``traversal.candidate_queries``).
+
+    ``batches``: rows sorted by ``child``; per category one row with
+    ``is_self`` (its ``child_depth``, and its head in ``member_head``) and one
+    per parent (``member``, ``member_head``, ``member_depth``,
+    ``member_is_seed``). A category without its own row is not pending and
+    proposes nothing. headJ compares a few heads per category and keeps the
+    longest shared suffix; as DataFrame operations that took an explode per
+    suffix length and a dozen shuffles. Yields ``PROPOSAL_SCHEMA`` rows, each
+    (child, target, rank) once; a ``key`` is the head whose category must lie
+    above the child.
+    """
+    import pyarrow as pa
+
+    from pipeline.traversal import candidate_queries
+
+    schema = pa.schema([("child", pa.string()), ("child_depth", pa.int32()), ("target", pa.string()),
+                        ("rank", pa.int32()), ("key", pa.string())])
+    names = schema.names
+
+    def propose(out, child, depth, head, parents, depths, seeds, heads):
+        if depth is None:  # no row of its own: not pending
+            return
+        seen = set()
+        for rank, h in enumerate(heuristics):
+            for target, key in candidate_queries(h, child, depth, parents, depths, seeds, [head, *heads]):
+                if (target, rank) not in seen:
+                    seen.add((target, rank))
+                    for name, value in zip(names, (child, depth, target, rank, key)):
+                        out[name].append(value)
+
+    group = None
+    for batch in batches:
+        out = {name: [] for name in names}
+        cols = batch.to_pydict()
+        for child, is_self, depth, member, head, m_depth, m_seed in zip(
+                cols["child"], cols["is_self"], cols["child_depth"], cols["member"], cols["member_head"],
+                cols["member_depth"], cols["member_is_seed"]):
+            if group is None or group[0] != child:
+                if group is not None:
+                    propose(out, *group)
+                group = [child, None, None, [], [], [], []]
+            if is_self:
+                group[1], group[2] = depth, head
+            else:
+                group[3].append(member)
+                group[4].append(m_depth)
+                group[5].append(bool(m_seed))
+                group[6].append(head)
+        yield pa.RecordBatch.from_pydict(out, schema=schema)
+    if group is not None:
+        out = {name: [] for name in names}
+        propose(out, *group)
+        yield pa.RecordBatch.from_pydict(out, schema=schema)
+
+
+def _proposals(cats, edges, heuristics: list[str]):
+    """(child, target, rank, child_depth) for every pending category and heuristic (rank = position in the order).
+
+    Spark joins each edge with what is known of its parent and brings each
+    category's rows together; the rules run per category in Python.
     """
     from pyspark.sql import functions as F
-    from pyspark.sql import Window
 
-    m = members.withColumn("words", F.split("member_head", " "))
-    m = m.withColumn("n", F.size("words"))
-    m = m.withColumn("max_n", F.max("n").over(Window.partitionBy("child")))
-    m = m.withColumn("L", F.explode(F.sequence(F.lit(1), F.col("max_n"))))
-    key_words = F.slice("words", F.greatest(F.lit(1), F.col("n") - F.col("L") + 1), F.col("L"))
-    key = F.array_join(key_words, " ")
-    m = m.withColumn("key", F.concat(F.upper(F.substring(key, 1, 1)), F.lower(F.substring(key, 2, 1 << 30))))
-    counts = m.groupBy("child", "L", "key").agg(F.count(F.lit(1)).alias("c"))
-    dup = counts.where("c >= 2")
-    best = dup.groupBy("child").agg(F.max("L").alias("L"))
-    matched = dup.join(best, ["child", "L"]).select("child", "L", "key")
-    return matched, m
-
-
-def _proposals(spark, cats, edges, heuristics: list[str], parent_heads=PARENT_HEADS):
-    """(child, target, rank) for every pending category and heuristic (rank = position in the order)."""
-    from pyspark.sql import functions as F
-
-    pending = cats.where("status = 'pending'").select("title", "depth", "head")
-    info = cats.select(
-        F.col("title").alias("parent"), F.col("depth").alias("parent_depth"), F.col("is_seed").alias("parent_is_seed")
-    )
-    e = (
-        edges.join(pending.select(F.col("title").alias("child"), F.col("depth").alias("child_depth")), "child")
-        .join(info, "parent", "left")
-    )
-    out = []
-    for rank, h in enumerate(heuristics):
-        if h == "depth":
-            p = e.where(F.col("parent_depth") < F.col("child_depth")).select("child", F.col("parent").alias("target"))
-        elif h == "lookahead":
-            p = e.where(F.col("parent_is_seed")).select("child", F.col("parent").alias("target"))
-        elif h == "headJ":
-            heads = cats.select(F.col("title").alias("member"), F.col("head").alias("member_head"))
-            # red-link parents are not in cats: their heads are computed here
-            red_links = e.select(F.col("parent").alias("member")).distinct().join(heads, "member", "left_anti")
-            heads = heads.unionByName(with_head(red_links, "member", "member_head", spaced_hyphens=True))
-            parent_members = e.select("child", F.col("parent").alias("member")).join(heads, "member")
-            self_members = pending.select(
-                F.col("title").alias("child"), F.col("title").alias("member"), F.col("head").alias("member_head"),
-            )
-            matched, m = _head_match_proposals(parent_members.unionByName(self_members))
-            # a shared head counts only when a category of that name lies above this one
-            above = (
-                matched.join(cats.select(F.col("title").alias("key"), F.col("depth").alias("key_depth")), "key")
-                .join(pending.select(F.col("title").alias("child"), F.col("depth").alias("child_depth")), "child")
-                .where(F.col("key_depth") < F.col("child_depth"))
-            )
-            is_parent_head = F.col("key").isin(list(parent_heads))
-            jump = above.where(~is_parent_head).select("child", F.col("key").alias("target"))
-            # Births, Genera, ...: the parents carrying the head instead, whatever their depth
-            via_parent = (
-                above.where(is_parent_head)
-                .join(m.where(F.col("member") != F.col("child")).select("child", "L", "key", "member"),
-                      ["child", "L", "key"])
-                .select("child", F.col("member").alias("target"))
-            )
-            p = jump.unionByName(via_parent)
-        else:  # parse_heuristics already refused it
-            raise ValueError(h)
-        out.append(p.withColumn("rank", F.lit(rank)))
-    props = out[0]
-    for p in out[1:]:
-        props = props.unionByName(p)
-    return props.distinct()
+    parents = edges.join(
+        cats.select(F.col("title").alias("parent"), F.col("depth").cast("int").alias("member_depth"),
+                    F.col("is_seed").alias("member_is_seed"), F.col("head").alias("member_head"),
+                    F.lit(True).alias("known")), "parent", "left",
+    ).select("child", F.lit(False).alias("is_self"), F.lit(None).cast("int").alias("child_depth"),
+             F.col("parent").alias("member"), "member_head", "member_depth", "member_is_seed", "known")
+    if "headJ" in heuristics:  # red-link parents are not in cats: their heads are computed here
+        parents = parents.where("known").unionByName(
+            with_head(parents.where("known is null").drop("member_head"), "member", "member_head", spaced_hyphens=True))
+    own = cats.where("status = 'pending'").select(
+        F.col("title").alias("child"), F.lit(True).alias("is_self"), F.col("depth").cast("int").alias("child_depth"),
+        F.col("title").alias("member"), F.col("head").alias("member_head"),
+        F.lit(None).cast("int").alias("member_depth"), F.lit(None).cast("boolean").alias("member_is_seed"))
+    # all shuffle partitions, uncoalesced: the tasks are Python-bound and should spread over every core
+    tasks = int(cats.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    rows = parents.drop("known").unionByName(own).repartition(tasks, "child").sortWithinPartitions("child")
+    found = rows.mapInArrow(lambda batches: propose_in_order(batches, heuristics), PROPOSAL_SCHEMA)
+    # a shared head counts only when a category of that name lies above the child
+    above = (found.where("key is not null")
+             .join(cats.select(F.col("title").alias("key"), F.col("depth").alias("key_depth")), "key")
+             .where(F.col("key_depth") < F.col("child_depth")))
+    return found.where("key is null").unionByName(above.drop("key_depth")).drop("key")
 
 
 # ----------------------------------------------------------------- public API
@@ -135,8 +151,9 @@ def finish_in_order(batches, nearest: bool):
 
     ``batches``: Arrow record batches of the remaining categories' proposals
     ``child, target, rank`` with the target's ``mask, hops`` when it is labeled
-    already, and ``pending`` when it is itself among the remaining categories.
-    A category is labeled once all its pending targets are: from its first
+    already; a target that is itself a remaining category is pending (one
+    with no proposals is not, as it can take no labels). A category is labeled
+    once all its pending targets are: from its first
     rank with a labeled target (with ``nearest``, only that rank's nearest
     targets), as ``resolve`` does. Categories that lead into a cycle of
     proposals are labeled last, from what the others found. Yields one batch:
@@ -146,19 +163,19 @@ def finish_in_order(batches, nearest: bool):
 
     labeled: dict[str, tuple[int, int]] = {}
     proposals: dict[str, list[tuple[int, str]]] = {}
-    waits: dict[str, int] = {}
-    dependents: dict[str, list[str]] = {}
     for batch in batches:
         cols = batch.to_pydict()
-        for child, target, rank, mask, hops, pending in zip(cols["child"], cols["target"], cols["rank"],
-                                                            cols["mask"], cols["hops"], cols["pending"]):
+        for child, target, rank, mask, hops in zip(cols["child"], cols["target"], cols["rank"], cols["mask"],
+                                                   cols["hops"]):
             proposals.setdefault(child, []).append((rank, target))
-            waits.setdefault(child, 0)
             if mask is not None:
                 labeled[target] = (mask, hops)
-            elif pending:
+    waits = dict.fromkeys(proposals, 0)
+    dependents: dict[str, list[str]] = {}
+    for child, found in proposals.items():
+        for _, target in found:
+            if target in waits and target not in labeled:
                 waits[child] += 1
-                waits.setdefault(target, 0)
                 dependents.setdefault(target, []).append(child)
 
     def resolve(title):
@@ -232,9 +249,7 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
         .otherwise("pending"),
     ).localCheckpoint()
     edges = edges_df.select("child", "parent").where("child is not null and parent is not null").distinct()
-    props = _proposals(spark, cats, edges, hs).join(
-        cats.select(F.col("title").alias("child"), F.col("depth").alias("child_depth")), "child"
-    ).localCheckpoint()
+    props = _proposals(cats, edges, hs).localCheckpoint()
 
     known = cats.where("status = 'seed' and depth is not null").select(
         "title", F.col("seed_mask").alias("mask"), F.lit(0).alias("hops"))
@@ -279,12 +294,11 @@ def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, c
         unresolved = unresolved.join(ready.select("title"), "title", "left_anti").localCheckpoint()
     if left <= tail_proposals:
         # The rest, in one task: its proposals, with what is known of their targets.
-        rest = (
-            props.join(unresolved.select(F.col("title").alias("child")), "child")
-            .join(known.select(F.col("title").alias("target"), "mask", "hops"), "target", "left")
-            .join(unresolved.select(F.col("title").alias("target"), F.lit(True).alias("pending")), "target", "left")
-            .select("child", "target", "rank", "mask", "hops", F.coalesce("pending", F.lit(False)).alias("pending"))
-        )
+        # Without rounds every proposal is still to resolve and only the seeds are known.
+        rest = props if not rounds else props.join(unresolved.select(F.col("title").alias("child")), "child")
+        targets = known.select(F.col("title").alias("target"), "mask", "hops")
+        rest = (rest.join(targets if rounds else F.broadcast(targets), "target", "left")
+                .select("child", "target", "rank", "mask", "hops"))
         done = rest.repartition(1).mapInArrow(
             lambda batches: finish_in_order(batches, nearest),
             "title string, mask long, hops int, in_cycle boolean").localCheckpoint()
@@ -366,7 +380,7 @@ def missing_seeds(spark, depth_df, taxonomy: Taxonomy) -> list[str]:
     from pyspark.sql import functions as F
 
     seeds = spark.createDataFrame([(s,) for s in taxonomy.seed_labels()], "title string")
-    present = {r[0] for r in seeds.join(depth_df.select("title"), "title").distinct().collect()}
+    present = {r[0] for r in depth_df.select("title").join(F.broadcast(seeds), "title").distinct().collect()}
     return sorted(s for s in taxonomy.seed_labels() if s not in present)
 
 
