@@ -243,3 +243,30 @@ def test_a_bad_table_of_people_labels_fails_before_any_output(tmp_path):
         label_topics.run(settings_for(tmp_path, **{"label.human_labels": str(bad)}))
     assert e.value.path == str(bad) and "labels_human" in e.value.message
     assert not (tmp_path / "20220220").exists()
+
+
+@hsettings(max_examples=50, deadline=None)
+@given(graph=graphs(), cuts=st.lists(st.integers(1, 60), max_size=4))
+def test_proposals_do_not_depend_on_where_batches_end(graph, cuts):
+    """A category's rows may span Arrow batches: the proposals are the oracle's whatever the cuts."""
+    import pyarrow as pa
+
+    cats, edges = graph
+    oracle = Traversal.build(cats, edges, TAX, "headJ+depth")
+    depth = {t: d for t, _, d in cats}
+    rows = [{"child": c, "is_self": False, "child_depth": None, "member": p, "member_head": oracle.get_head(p),
+             "member_depth": depth.get(p), "member_is_seed": p in oracle.seeds} for c, p in sorted(set(edges))]
+    pending = [t for t, _, d in cats if oracle._walks_on(t)]
+    rows += [{"child": t, "is_self": True, "child_depth": depth[t], "member": t, "member_head": oracle.get_head(t),
+              "member_depth": None, "member_is_seed": None} for t in pending]
+    rows.sort(key=lambda r: r["child"])
+    table = pa.Table.from_pylist(rows) if rows else None
+    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
+    batches = [b for lo, hi in zip(bounds, bounds[1:]) for b in table.slice(lo, hi - lo).to_batches()]
+    got = {}
+    for batch in label_topics.propose_in_order(batches, ["headJ", "depth"]):
+        for r in batch.to_pylist():
+            if r["key"] is None or (depth.get(r["key"]) is not None and depth[r["key"]] < r["child_depth"]):
+                got.setdefault(r["child"], set()).add((r["rank"], r["target"]))
+    want = {t: {(rank, x) for rank, h in enumerate(["headJ", "depth"]) for x in oracle.propose(h, t)} for t in pending}
+    assert got == {t: v for t, v in want.items() if v}
