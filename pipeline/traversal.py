@@ -119,14 +119,16 @@ def head_queries(title: str, parents: list[str], heads: list[str]) -> list[tuple
     return out
 
 
-def candidate_queries(heuristic: str, title: str, depth: int, parents: list[str], parent_depths: list,
-                      parent_is_seed: list[bool], heads: list[str] | None = None) -> list[tuple[str, str | None]]:
+def candidate_queries(heuristic: str, title: str, depth: int, parents: list[str], parent_depths: list | None,
+                      parent_is_seed: list[bool] | None, heads: list[str] | None) -> list[tuple[str, str | None]]:
     """One heuristic's queries from a category and what is known of its parents: (category, key) pairs.
 
     A pair with a ``key`` (headJ) counts only if the category named ``key``
     lies above this one (a smaller depth); the caller checks that, as the key
-    need not be a parent. ``heads`` (headJ only): this category's head, then
-    its parents'. The Spark stage and the oracle both propose through here.
+    need not be a parent. Each heuristic reads only its own list:
+    ``parent_depths`` (depth), ``parent_is_seed`` (lookahead), ``heads``
+    (headJ: this category's head, then its parents'). The Spark stage and the
+    oracle both propose through here.
     """
     if heuristic == "depth":
         return [(p, None) for p, d in zip(parents, parent_depths) if d is not None and d < depth]
@@ -180,9 +182,11 @@ class Traversal:
         """The categories a heuristic proposes to query next."""
         d = self.depth[title]
         parents = self.parents.get(title, [])
+        # only what this heuristic reads, so the oracle does no more work than its rule needs
+        depths = [self._depth(p) for p in parents] if heuristic == "depth" else None
+        seeds = [p in self.seeds for p in parents] if heuristic == "lookahead" else None
         heads = [self.get_head(t) for t in [title, *parents]] if heuristic == "headJ" else None
-        found = candidate_queries(heuristic, title, d, parents, [self._depth(p) for p in parents],
-                                  [p in self.seeds for p in parents], heads)
+        found = candidate_queries(heuristic, title, d, parents, depths, seeds, heads)
         return [target for target, key in found
                 if key is None or (self._depth(key) is not None and self._depth(key) < d)]
 

@@ -79,8 +79,9 @@ def propose_in_order(batches, heuristics: list[str]):
         if depth is None:  # no row of its own: not pending
             return
         seen = set()
+        heads = [head, *heads]
         for rank, h in enumerate(heuristics):
-            for target, key in candidate_queries(h, child, depth, parents, depths, seeds, [head, *heads]):
+            for target, key in candidate_queries(h, child, depth, parents, depths, seeds, heads):
                 if (target, rank) not in seen:
                     seen.add((target, rank))
                     for name, value in zip(names, (child, depth, target, rank, key)):
