@@ -30,8 +30,7 @@ from pipeline.atomic import write_json, write_spark
 from pipeline.config import Settings
 from pipeline.errors import StageError, require_input
 from pipeline.heads import NULL_HEADS, P_NUMBER, with_head
-from pipeline.label_masks import (check_size, hier_mask, label_stats, labels_to_mask, mask_to_labels,
-                                   seed_masks)
+from pipeline.label_masks import check_size, combo_stats, label_sets, labels_to_mask, seed_masks, with_label_arrays
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
 from pipeline.traversal import parse_heuristics, parse_labeler
@@ -136,7 +135,8 @@ def _proposals(cats, edges, heuristics: list[str]):
     # all shuffle partitions, uncoalesced: the tasks are Python-bound and should spread over every core
     tasks = int(cats.sparkSession.conf.get("spark.sql.shuffle.partitions"))
     rows = parents.drop("known").unionByName(own).repartition(tasks, "child").sortWithinPartitions("child")
-    found = rows.mapInArrow(lambda batches: propose_in_order(batches, heuristics), PROPOSAL_SCHEMA)
+    # checkpointed: both branches below read it, and would otherwise run the Python tasks twice
+    found = rows.mapInArrow(lambda batches: propose_in_order(batches, heuristics), PROPOSAL_SCHEMA).localCheckpoint()
     # a shared head counts only when a category of that name lies above the child
     above = (found.where("key is not null")
              .join(cats.select(F.col("title").alias("key"), F.col("depth").alias("key_depth")), "key")
@@ -220,9 +220,9 @@ def finish_in_order(batches, nearest: bool):
                                                             ("hops", pa.int32()), ("in_cycle", pa.bool_())]))
 
 
-def _category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None,
+def category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None,
                     tail_proposals: int = 0):
-    """(title, depth, mask) for every category of depth_df; flat labels as a mask.
+    """``title, depth, mask`` for every category of depth_df; flat labels as a mask.
 
     ``counts``, when given, receives the number of rounds and of categories
     whose proposals lead into a cycle. Each labeled category also carries its
@@ -329,36 +329,34 @@ def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, 
     (optional) receives ``rounds`` and ``categories_leading_into_cycles``;
     ``tail_proposals``: see ``LabelConfig.tail_proposals`` (0: Spark rounds only).
     """
-    masks = _category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts, tail_proposals)
-    return _with_label_arrays(masks, taxonomy).select("title", "depth", "labels", "labels_hier")
+    masks = category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts, tail_proposals).localCheckpoint()
+    return with_label_arrays(masks, label_sets(masks, taxonomy)).select("title", "depth", "labels", "labels_hier")
 
 
-def _with_label_arrays(df, taxonomy: Taxonomy):
-    from pyspark.sql import functions as F
+def file_masks(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
+    """``file_id, file_title, mask`` for every file of file_links: the union of its categories' labels.
 
-    return df.withColumn("labels", mask_to_labels(F.col("mask"), taxonomy)).withColumn(
-        "labels_hier", mask_to_labels(hier_mask(F.col("mask"), taxonomy), taxonomy)
-    )
-
-
-def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
-    """Labels of every file of file_links: the union of its categories' labels.
-
-    ``file_id, file_title, labels, labels_hier``; a file whose categories give
-    nothing (red links, unconnected, unlabeled) has empty arrays.
+    ``category_labels_df``: ``title, labels`` (the stage's written output: Spark sizes the join from
+    its files, and broadcasts it while it is small). A file whose categories give nothing (red links,
+    unconnected, unlabeled) has mask 0.
     """
     from pyspark.sql import functions as F
 
     cat_masks = category_labels_df.select(
-        F.col("title").alias("category"), labels_to_mask(F.col("labels"), taxonomy).alias("mask")
-    )
-    files = (
+        F.col("title").alias("category"), labels_to_mask(F.col("labels"), taxonomy).alias("mask"))
+    return (
         file_links_df.select("file_id", "file_title", "category")
         .join(cat_masks, "category", "left")
         .groupBy("file_id", "file_title")
         .agg(F.expr("bit_or(coalesce(mask, 0L))").alias("mask"))
     )
-    return _with_label_arrays(files, taxonomy).select("file_id", "file_title", "labels", "labels_hier")
+
+
+def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
+    """Labels of every file of file_links: ``file_id, file_title, labels, labels_hier`` (empty arrays: no labels)."""
+    files = file_masks(file_links_df, category_labels_df, taxonomy).localCheckpoint()
+    return with_label_arrays(files, label_sets(files, taxonomy)).select("file_id", "file_title", "labels",
+                                                                         "labels_hier")
 
 
 # ----------------------------------------------------------------- stage
@@ -410,25 +408,27 @@ def run(settings: Settings) -> dict:
     if not root_rows or root_rows[0][0] is None:
         raise StageError(STAGE, layout.category_depth, f"root category {settings.label.root!r} has no depth")
 
-    n = settings.spark.shuffle_partitions
     counts: dict = {}
-    cats = label_categories(spark, depth_df, edges_df, taxonomy, heuristics, counts, settings.label.tail_proposals)
-    cat_path = write_spark(cats.repartition(n, "title").sortWithinPartitions("title"), layout.labels("category_labels"))
-    cats = spark.read.parquet(cat_path)
-    files = label_files(links_df, cats, taxonomy)
-    file_path = write_spark(files.repartition(n, "file_id").sortWithinPartitions("file_id"), layout.labels("file_labels"))
-    files = spark.read.parquet(file_path)
+    masks = category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts,
+                           settings.label.tail_proposals).localCheckpoint()
+    cat_sets = label_sets(masks, taxonomy).localCheckpoint()
+    cats = with_label_arrays(masks, cat_sets).select("title", "depth", "labels", "labels_hier")
+    cat_path = write_spark(cats.sortWithinPartitions("title"), layout.labels("category_labels"))
+    files = file_masks(links_df, spark.read.parquet(cat_path), taxonomy).localCheckpoint()
+    file_sets = label_sets(files, taxonomy).localCheckpoint()
+    files = with_label_arrays(files, file_sets).select("file_id", "file_title", "labels", "labels_hier")
+    file_path = write_spark(files.sortWithinPartitions("file_id"), layout.labels("file_labels"))
 
-    per_column = label_stats(files, taxonomy, ("labels", "labels_hier"))
-    sizes = cats.agg(F.count(F.lit(1)).alias("n"), F.count_if(F.size("labels") > 0).alias("labeled")).first()
+    per_column = combo_stats(file_sets, taxonomy, {"labels": "mask", "labels_hier": "mask_hier"})
+    sizes = cat_sets.agg(F.sum("rows").alias("n"), F.sum(F.when(F.col("mask") != 0, F.col("rows"))).alias("labeled")).first()
     stats = {
         "taxonomy": taxonomy.version,
         "heuristics": heuristics,
         "labels": taxonomy.names,
         "flat": per_column["labels"],
         "hierarchical": per_column["labels_hier"],
-        "categories": int(sizes["n"]),
-        "categories_labeled": int(sizes["labeled"]),
+        "categories": int(sizes["n"] or 0),
+        "categories_labeled": int(sizes["labeled"] or 0),
         **counts,
         "missing_seeds": missing,
     }

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from pipeline.config import load_settings
 from pipeline.errors import StageError
+from pipeline.label_masks import label_sets, with_label_arrays
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
 from pipeline.traversal import Traversal
@@ -212,7 +213,8 @@ def test_sample_spark_equals_oracle(spark, sample_tables, heuristics):
     oracle = Traversal.build(cats, zip(edges.child, edges.parent), TAX, heuristics)
 
     depth_df, edges_df, links_df = (spark.read.parquet(p) for p in (depth_path, edges_path, links_path))
-    cat_labels = label_topics.label_categories(spark, depth_df, edges_df, TAX, heuristics).localCheckpoint()
+    masks = label_topics.category_masks(spark, depth_df, edges_df, TAX, heuristics).localCheckpoint()
+    cat_labels = with_label_arrays(masks, label_sets(masks, TAX))
     got_cats = {r.title: (list(r.labels), list(r.labels_hier)) for r in cat_labels.collect()}
     got_files = {r.file_id: (list(r.labels), list(r.labels_hier))
                  for r in label_topics.label_files(links_df, cat_labels, TAX).collect()}
