@@ -97,9 +97,11 @@ def propose_in_order(batches, heuristics: list[str]):
                 if group is not None:
                     propose(out, *group)
                 group = [child, None, None, [], [], [], []]
+                members = set()
             if is_self:
                 group[1], group[2] = depth, head
-            else:
+            elif member not in members:  # a parent listed twice counts once, as in the oracle
+                members.add(member)
                 group[3].append(member)
                 group[4].append(m_depth)
                 group[5].append(bool(m_seed))
@@ -125,9 +127,10 @@ def _proposals(cats, edges, heuristics: list[str]):
                     F.lit(True).alias("known")), "parent", "left",
     ).select("child", F.lit(False).alias("is_self"), F.lit(None).cast("int").alias("child_depth"),
              F.col("parent").alias("member"), "member_head", "member_depth", "member_is_seed", "known")
-    if "headJ" in heuristics:  # red-link parents are not in cats: their heads are computed here
-        parents = parents.where("known").unionByName(
-            with_head(parents.where("known is null").drop("member_head"), "member", "member_head", spaced_hyphens=True))
+    if "headJ" in heuristics:  # red-link parents are not in cats: their heads are computed here (null in, null out)
+        parents = with_head(parents.withColumn("red_link", F.when(F.col("known").isNull(), F.col("member"))),
+                            "red_link", "red_head", spaced_hyphens=True)
+        parents = parents.withColumn("member_head", F.coalesce("member_head", "red_head")).drop("red_link", "red_head")
     own = cats.where("status = 'pending'").select(
         F.col("title").alias("child"), F.lit(True).alias("is_self"), F.col("depth").cast("int").alias("child_depth"),
         F.col("title").alias("member"), F.col("head").alias("member_head"),
@@ -249,7 +252,7 @@ def category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, co
         .when(F.col("hidden") | null_head, "none")
         .otherwise("pending"),
     ).localCheckpoint()
-    edges = edges_df.select("child", "parent").where("child is not null and parent is not null").distinct()
+    edges = edges_df.select("child", "parent").where("child is not null and parent is not null")  # duplicates: see propose_in_order
     props = _proposals(cats, edges, hs).localCheckpoint()
 
     known = cats.where("status = 'seed' and depth is not null").select(
@@ -378,8 +381,8 @@ def missing_seeds(spark, depth_df, taxonomy: Taxonomy) -> list[str]:
     """Seed categories of the taxonomy that are not category pages of the graph."""
     from pyspark.sql import functions as F
 
-    seeds = spark.createDataFrame([(s,) for s in taxonomy.seed_labels()], "title string")
-    present = {r[0] for r in depth_df.select("title").join(F.broadcast(seeds), "title").distinct().collect()}
+    seeds = sorted(taxonomy.seed_labels())
+    present = {r[0] for r in depth_df.where(F.col("title").isin(seeds)).select("title").collect()}
     return sorted(s for s in taxonomy.seed_labels() if s not in present)
 
 
