@@ -104,8 +104,8 @@ class LabelConfig:
     # stage then logs how well its labels agree with them (pipeline.label_quality). Scoring only.
     human_labels: str = _env("HUMAN_LABELS", "", changes_outputs=False)
     # Once the categories still to label have at most this many proposals, one Spark task labels
-    # them all in dependency order (its memory grows with this number: about 0.9 GB of Python at
-    # 2M), instead of one round of Spark jobs per level. 0: rounds only. Same labels either way.
+    # them all in dependency order (its memory grows with this number: about 0.5 GB of Python at
+    # 1.5M, input included), instead of one round of Spark jobs per level. 0: rounds only. Same labels either way.
     tail_proposals: int = _env("LABEL_TAIL_PROPOSALS", 2_000_000, changes_outputs=False)
 
 

@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from pipeline.config import load_settings
 from pipeline.errors import StageError
-from pipeline.label_masks import label_sets, with_label_arrays
+from pipeline.label_masks import label_sets, seed_masks, with_label_arrays
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
-from pipeline.traversal import Traversal
+from pipeline.traversal import Traversal, parse_labeler
 from spark_jobs import label_topics
 
 TAX = Taxonomy.load("v1.3")
@@ -25,6 +25,7 @@ NOUNS = ["Maps", "Flags", "Art", "History", "Churches", "Paintings", "Plantae", 
          "Births", "Genera", "Portrait painters", "Painters", "Women", "Transport", "Logos"]
 MODS = ["Old", "Portrait", "Oil", "1850", "January", "English"]
 PLACES = ["France", "Spain"]
+SEEDS = [n for n in NOUNS if n in seed_masks(TAX)]
 
 
 @st.composite
@@ -36,6 +37,7 @@ def graphs(draw):
         mod = draw(st.sampled_from(MODS))
         place = draw(st.sampled_from(PLACES))
         titles.add([noun, f"{mod} {noun.lower()}", f"{noun} of {place}", f"{mod} {noun.lower()} in {place}"][form])
+    titles |= set(draw(st.lists(st.sampled_from(SEEDS), min_size=1, max_size=3)))
     family = draw(st.booleans())  # a "Births" family whose parent queries can close cycles
     if family:
         titles |= {"Births", "Births of France", "Births of Spain", "Old births in Spain"}
@@ -45,8 +47,15 @@ def graphs(draw):
     if family:  # connected, below "Births"
         cats = [(t, h, draw(st.integers(3, 6)) if t.lower().startswith(("births ", "old births")) else
                  (1 if t == "Births" else d)) for t, h, d in cats]
+    cats = [(t, h, draw(st.sampled_from([1, 2, None])) if t in SEEDS else d) for t, h, d in cats]  # seeds near the top
     targets = titles + ["Red link", "Maps of Nowhere"]
     edges = draw(st.lists(st.tuples(st.sampled_from(titles), st.sampled_from(targets)), max_size=30))
+    # and most categories under a shallower one, so that labels flow down from the seeds
+    depth = {t: d for t, _, d in cats}
+    for t in titles:
+        above = [p for p in titles if depth[p] is not None and depth[t] is not None and depth[p] < depth[t]]
+        if above and draw(st.integers(0, 3)):
+            edges.append((t, draw(st.sampled_from(above))))
     if family:
         edges += [("Births of France", "Births of Spain"), ("Births of Spain", "Births of France"),
                   ("Old births in Spain", "Births of Spain")]
@@ -272,3 +281,94 @@ def test_proposals_do_not_depend_on_where_batches_end(graph, cuts):
                 got.setdefault(r["child"], set()).add((r["rank"], r["target"]))
     want = {t: {(rank, x) for rank, h in enumerate(["headJ", "depth"]) for x in oracle.propose(h, t)} for t in pending}
     assert got == {t: v for t, v in want.items() if v}
+
+
+@st.composite
+def remaining_proposals(draw):
+    """The one task's input: proposals among a few categories (cycles included), some targets labeled already."""
+    cats = [f"c{i}" for i in range(draw(st.integers(1, 8)))]
+    known = {f"s{i}": (draw(st.integers(1, 31)), draw(st.integers(0, 2))) for i in range(draw(st.integers(0, 4)))}
+    targets = cats + list(known) + ["unlabeled"]
+    found = draw(st.lists(st.tuples(st.sampled_from(cats), st.sampled_from(targets), st.integers(0, 2)),
+                          unique=True, max_size=30))
+    return found, known
+
+
+def labeled_by_the_rule(proposals, known, nearest):
+    """title -> (mask, hops, in_cycle), straight from finish_in_order's rule: a category is labeled once
+    every category among its targets is, from its first rank with a labeled target; the categories
+    left over lead into a cycle and take what the others found."""
+    cats = {c for c, _, _ in proposals}
+    waits_on = {c: {t for cc, t, _ in proposals if cc == c and t in cats} for c in cats}
+    labels, done, out = dict(known), set(), {}
+
+    def resolve(c):
+        found = {}
+        for cc, t, rank in proposals:
+            if cc == c and t in labels:
+                found.setdefault(rank, []).append(labels[t])
+        if not found:
+            return None
+        best = found[min(found)]
+        hops = min(h for _, h in best)
+        mask = 0
+        for m, h in best:
+            mask |= m if h == hops or not nearest else 0
+        return mask, hops + 1
+
+    while ready := [c for c in cats - done if waits_on[c] <= done]:
+        results = {c: resolve(c) for c in ready}
+        for c, result in results.items():
+            done.add(c)
+            if result:
+                labels[c], out[c] = result, (*result, False)
+    for c in cats - done:
+        result = resolve(c)
+        out[c] = (*(result or (None, None)), True)
+    return out
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(found=remaining_proposals(), nearest=st.booleans(), cuts=st.lists(st.integers(1, 30), max_size=3))
+def test_the_one_task_follows_its_rule(found, nearest, cuts):
+    """finish_in_order (vectorised, by levels) == its rule stated category by category, in any batches."""
+    import pyarrow as pa
+
+    proposals, known = found
+    rows = [{"child": c, "target": t, "rank": r, "mask": known.get(t, (None, None))[0],
+             "hops": known.get(t, (None, None))[1]} for c, t, r in proposals]
+    schema = pa.schema([("child", pa.string()), ("target", pa.string()), ("rank", pa.int32()), ("mask", pa.int64()),
+                        ("hops", pa.int32())])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
+    batches = [b for lo, hi in zip(bounds, bounds[1:]) for b in table.slice(lo, hi - lo).to_batches()]
+    got = {r["title"]: (r["mask"], r["hops"], r["in_cycle"])
+           for batch in label_topics.finish_in_order(iter(batches), nearest) for r in batch.to_pylist()}
+    assert got == labeled_by_the_rule(proposals, known, nearest)
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(graph=graphs(), labeler=st.sampled_from(["depth", "headJ+depth", "headJ+lookahead+depth", "refined"]),
+       cuts=st.lists(st.integers(1, 40), max_size=3))
+def test_the_one_task_labels_as_the_oracle(graph, labeler, cuts):
+    """finish_in_order, given the oracle's proposals with the seeds' labels, in any batches, labels every
+    category the heuristics walk on as the oracle does, cycles of proposals included."""
+    import pyarrow as pa
+
+    cats, edges = graph
+    oracle = Traversal.build(cats, edges, TAX, labeler)
+    heuristics, nearest = parse_labeler(labeler)
+    seeds = {t: m for t, m in seed_masks(TAX).items() if t in {c for c, _, d in cats if d is not None}}
+    pending = [t for t, _, _ in cats if oracle._walks_on(t)]
+    rows = [{"child": t, "target": x, "rank": rank, "mask": seeds.get(x), "hops": 0 if x in seeds else None}
+            for t in pending for rank, h in enumerate(heuristics) for x in dict.fromkeys(oracle.propose(h, t))]
+    schema = pa.schema([("child", pa.string()), ("target", pa.string()), ("rank", pa.int32()), ("mask", pa.int64()),
+                        ("hops", pa.int32())])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
+    batches = [b for lo, hi in zip(bounds, bounds[1:]) for b in table.slice(lo, hi - lo).to_batches()]
+    got = {}
+    for batch in label_topics.finish_in_order(iter(batches), nearest):
+        for r in batch.to_pylist():
+            got[r["title"]] = [n for i, n in enumerate(TAX.names) if (r["mask"] or 0) >> i & 1]
+    assert {t: got.get(t, []) for t in pending} == {t: [n for n in TAX.names if n in oracle.labels(t)] for t in pending}
