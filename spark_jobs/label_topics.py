@@ -165,8 +165,8 @@ def finish_in_order(batches, nearest: bool):
 
     Titles become integer ids and every category whose pending targets are
     labeled is resolved in one vectorised step, so the task holds a few
-    arrays per proposal, not Python objects (about 12 s against 1.5 s for 1.5M
-    proposals as dicts and lists).
+    arrays per proposal, not Python objects: on 1.5M proposals 2.7 s and
+    0.5 GB, against 15 s and 0.9 GB as dicts and lists, one category at a time.
     """
     import numpy as np
     import pyarrow as pa
