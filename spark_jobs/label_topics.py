@@ -358,7 +358,13 @@ def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, 
     ``tail_proposals``: see ``LabelConfig.tail_proposals`` (0: Spark rounds only).
     """
     masks = category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts, tail_proposals).localCheckpoint()
-    return with_label_arrays(masks, label_sets(masks, taxonomy)).select("title", "depth", "labels", "labels_hier")
+    return _with_labels(masks, taxonomy, ["title", "depth"])[0]
+
+
+def _with_labels(masks, taxonomy: Taxonomy, columns: list[str]):
+    """``columns`` of ``masks`` (read twice: pass it checkpointed) with their label arrays, and its label sets."""
+    sets = label_sets(masks, taxonomy).localCheckpoint()
+    return with_label_arrays(masks, sets).select(*columns, "labels", "labels_hier"), sets
 
 
 def file_masks(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
@@ -383,8 +389,7 @@ def file_masks(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFr
 def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
     """Labels of every file of file_links: ``file_id, file_title, labels, labels_hier`` (empty arrays: no labels)."""
     files = file_masks(file_links_df, category_labels_df, taxonomy).localCheckpoint()
-    return with_label_arrays(files, label_sets(files, taxonomy)).select("file_id", "file_title", "labels",
-                                                                         "labels_hier")
+    return _with_labels(files, taxonomy, ["file_id", "file_title"])[0]
 
 
 # ----------------------------------------------------------------- stage
@@ -439,12 +444,10 @@ def run(settings: Settings) -> dict:
     counts: dict = {}
     masks = category_masks(spark, depth_df, edges_df, taxonomy, heuristics, counts,
                            settings.label.tail_proposals).localCheckpoint()
-    cat_sets = label_sets(masks, taxonomy).localCheckpoint()
-    cats = with_label_arrays(masks, cat_sets).select("title", "depth", "labels", "labels_hier")
+    cats, cat_sets = _with_labels(masks, taxonomy, ["title", "depth"])
     cat_path = write_spark(cats.sortWithinPartitions("title"), layout.labels("category_labels"))
     files = file_masks(links_df, spark.read.parquet(cat_path), taxonomy).localCheckpoint()
-    file_sets = label_sets(files, taxonomy).localCheckpoint()
-    files = with_label_arrays(files, file_sets).select("file_id", "file_title", "labels", "labels_hier")
+    files, file_sets = _with_labels(files, taxonomy, ["file_id", "file_title"])
     file_path = write_spark(files.sortWithinPartitions("file_id"), layout.labels("file_labels"))
 
     per_column = combo_stats(file_sets, taxonomy, {"labels": "mask", "labels_hier": "mask_hier"})
