@@ -193,21 +193,22 @@ def finish_in_order(batches, nearest: bool):
     is_category = np.zeros(n, bool)
     is_category[child] = True
 
-    def by_key(keys, *columns):
-        """The rows sorted by key, and where each key's run starts (a CSR index over all ids)."""
-        order = np.argsort(keys, kind="stable")
-        return [c[order] for c in columns], np.searchsorted(keys[order], np.arange(n + 1))
+    def runs(sorted_ids):
+        """Where each id's rows start in rows sorted by id (a CSR index over all ids)."""
+        return np.searchsorted(sorted_ids, np.arange(n + 1))
 
     def rows_of(starts, ids):
-        """Positions of the rows of ``ids`` in a by_key table, id after id."""
+        """Positions of the rows of ``ids`` in rows indexed by ``runs``, id after id."""
         counts = starts[ids + 1] - starts[ids]
         return np.repeat(starts[ids] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
 
-    by_rank = np.lexsort((rank, child))
-    (p_child, p_target, p_rank), p_starts = by_key(child[by_rank], child[by_rank], target[by_rank], rank[by_rank])
+    order = np.lexsort((rank, child))  # proposals by child, then rank
+    p_child, p_target, p_rank = child[order], target[order], rank[order]
+    p_starts = runs(p_child)
     pending = is_category[target] & ~labeled[target]
     waits = np.bincount(child[pending], minlength=n)
-    (d_child,), d_starts = by_key(target[pending], child[pending])
+    order = np.argsort(target[pending], kind="stable")  # pending proposals by target
+    d_child, d_starts = child[pending][order], runs(target[pending][order])
 
     def resolve(ids):
         """(ids with a result, mask, hops) from the labels known now, as the rounds' resolve."""
@@ -216,9 +217,9 @@ def finish_in_order(batches, nearest: bool):
         if not rows.size:
             return rows, rows.astype(np.int64), rows.astype(np.int32)
         who, rk, tg = p_child[rows], p_rank[rows], p_target[rows]
-        group = np.cumsum(np.r_[True, who[1:] != who[:-1]]) - 1  # rows are in (child, rank) order
-        first = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
-        keep = rk == rk[first][group]  # the first rank with a labeled target
+        new_child = np.r_[True, who[1:] != who[:-1]]  # rows are in (child, rank) order
+        group = np.cumsum(new_child) - 1
+        keep = rk == rk[new_child][group]  # the first rank with a labeled target
         who, group, mask, hops = who[keep], group[keep], label_mask[tg[keep]], label_hops[tg[keep]]
         starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
         nearest_hops = np.minimum.reduceat(hops, starts)
@@ -407,7 +408,7 @@ def _read(spark, path: str, columns, what: str):
     return df
 
 
-def missing_seeds(spark, depth_df, taxonomy: Taxonomy) -> list[str]:
+def missing_seeds(depth_df, taxonomy: Taxonomy) -> list[str]:
     """Seed categories of the taxonomy that are not category pages of the graph."""
     from pyspark.sql import functions as F
 
@@ -433,7 +434,7 @@ def run(settings: Settings) -> dict:
     edges_df = _read(spark, layout.ingest("category_edges"), EDGE_COLUMNS, "ingest/category_edges")
     links_df = _read(spark, layout.ingest("file_links"), FILE_COLUMNS, "ingest/file_links")
 
-    missing = missing_seeds(spark, depth_df, taxonomy)
+    missing = missing_seeds(depth_df, taxonomy)
     if missing:
         warnings.warn(f"[{STAGE}] taxonomy {taxonomy.version} seed categories not in the graph: {missing}",
                       MissingSeedsWarning, stacklevel=2)
