@@ -214,13 +214,23 @@ def write_plan(todo, path: str) -> None:
 
 
 def iter_plan(path: str, batch_size: int = 2048):
-    """The plan's rows in order, reading one row group of one file ahead at most."""
-    import pyarrow.dataset as ds
+    """The plan's rows in order, reading one row group at a time when the downloader asks for it.
 
-    batches = ds.dataset(path, format="parquet").to_batches(
-        columns=TODO_COLUMNS, batch_size=batch_size, batch_readahead=1, fragment_readahead=1)
-    for batch in batches:
-        yield from batch.to_pylist()
+    Synchronous on purpose: a pyarrow dataset scanner keeps reading ahead on its own threads while
+    the downloader consumes slowly, and its memory grew with the plan (scale benchmark: +121 MB at
+    10% of Commons against +60 MB at 1%, for the same 2,000 downloads).
+    """
+    import pyarrow.parquet as pq
+
+    from pipeline import atomic
+
+    fs = atomic.filesystem(path)
+    files = sorted(f for f in fs.ls(path, detail=False)
+                   if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith(("_", ".")))
+    for file in files:  # Spark's part files of an orderBy, in the order of their ranges
+        with fs.open(file, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=TODO_COLUMNS):
+                yield from batch.to_pylist()
 
 
 def run(settings: Settings) -> dict:
