@@ -2,9 +2,11 @@
 
 Writes a plan of N rows with Spark twice (Spark's default row groups, and ``write_plan``'s), then reads
 its first 2,000 rows, each way, in a fresh process, and prints the process's peak RSS (VmHWM) before
-and after: the old reader (a pyarrow dataset with default readahead) and ``iter_plan``.
+and after. The readers: ``dataset`` (a pyarrow dataset scanner, default readahead: the first reader),
+``dataset-readahead-1`` (the same with one batch and one file of readahead: the reader of 2026-12-03)
+and ``iter_plan`` (now). ``--pause-ms`` pauses after each row, as the downloader does.
 
-    .venv/bin/python benchmarks/plan_memory.py --rows 366000 --workdir /tmp/planmem
+    .venv/bin/python benchmarks/plan_memory.py --rows 366000 --workdir /tmp/planmem --pause-ms 2
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,20 +38,25 @@ def write(rows: int, work: Path) -> None:
     shard_images.write_plan(todo, str(work / "small"))
 
 
-def read(path: str, reader: str) -> dict:
+def read(path: str, reader: str, pause_ms: float) -> dict:
     import pyarrow.dataset as ds
 
     from scale import peak_rss_mb  # this folder's scale benchmark: the process's VmHWM
 
     from spark_jobs.shard_images import TODO_COLUMNS, iter_plan
 
-    def old(p):
-        for batch in ds.dataset(p, format="parquet").to_batches(columns=TODO_COLUMNS, batch_size=2048):
+    def scanner(p, **readahead):
+        for batch in ds.dataset(p, format="parquet").to_batches(columns=TODO_COLUMNS, batch_size=2048, **readahead):
             yield from batch.to_pylist()
 
+    readers = {"dataset": scanner,
+               "dataset-readahead-1": lambda p: scanner(p, batch_readahead=1, fragment_readahead=1),
+               "iter_plan": iter_plan}
     before = peak_rss_mb()
-    list(itertools.islice((old if reader == "old" else iter_plan)(path), 2000))
-    return {"plan": Path(path).name, "reader": reader, "peak_mb_before": before, "peak_mb_after": peak_rss_mb()}
+    for _ in itertools.islice(readers[reader](path), 2000):
+        time.sleep(pause_ms / 1000)
+    return {"plan": Path(path).name, "reader": reader, "pause_ms": pause_ms, "peak_mb_before": before,
+            "peak_mb_after": peak_rss_mb()}
 
 
 def main() -> None:
@@ -56,19 +64,21 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=366_000)
     ap.add_argument("--workdir", default="/tmp/planmem")
     ap.add_argument("--write", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--pause-ms", type=float, default=0.0, help="the consumer's pause per row")
     ap.add_argument("--read", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     work = Path(args.workdir)
     if args.write:
         return write(args.rows, work)
     if args.read:
-        return print(json.dumps(read(*args.read)))
+        return print(json.dumps(read(*args.read, args.pause_ms)))
     shutil.rmtree(work, ignore_errors=True)
     subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--workdir", str(work), "--write"],
                    check=True, capture_output=True)
-    for reader in ("old", "new"):  # each reading in a fresh process, so each peak is its own
+    for reader in ("dataset", "dataset-readahead-1", "iter_plan"):  # each in a fresh process: its own peak
         for plan in ("default", "small"):
-            out = subprocess.run([sys.executable, __file__, "--read", str(work / plan), reader],
+            out = subprocess.run([sys.executable, __file__, "--read", str(work / plan), reader,
+                                  "--pause-ms", str(args.pause_ms)],
                                  check=True, capture_output=True, text=True).stdout
             print(json.dumps({"rows": args.rows, **json.loads(out)}), flush=True)
 
