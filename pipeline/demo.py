@@ -34,7 +34,9 @@ SAMPLE_DUMP_DATE = "20260101"
 SECOND_DUMP_DATE = "20260301"
 # A newer run the demo's dumps server shows as still in progress: fetch must skip it.
 IN_PROGRESS_DUMP_DATE = "20260115"
-SMALL_DATA_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# C1 alone shrinks the JVM's code cache to 48 MB, which a long-lived driver (a test session's) fills:
+# "Out of space in CodeCache for adapters" then breaks the JVM. 240 MB is the full JVM's default.
+SMALL_DATA_JVM = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m -XX:+UseSerialGC"
 # Offline machine: no ImageNet download. A few thousand images from scratch on a CPU learn best with
 # small batches, a higher rate and faster BatchNorm statistics; at 32 px an epoch costs a quarter of
 # 64 px, so 10 of them fit the demo's 10 minutes and score better than 8 at 64 px (measured:
