@@ -113,6 +113,12 @@ def ship_project(spark, state_dir: str) -> str:
 # ------------------------------------------------------------ class-data-sharing archive
 
 
+def java_binary() -> str:
+    """The JDK PySpark launches: $JAVA_HOME/bin/java, else java on the PATH."""
+    home = os.environ.get("JAVA_HOME")
+    return os.path.realpath(shutil.which("java", path=os.path.join(home, "bin") if home else None) or "java")
+
+
 def archive_key() -> dict:
     """What an archive is valid for: this Spark's jars and this JDK (the JVM checks the jars too,
     but says so only in a warning)."""
@@ -120,10 +126,7 @@ def archive_key() -> dict:
 
     jars = Path(pyspark.__file__).parent / "jars"
     listing = sorted((p.name, p.stat().st_size) for p in jars.glob("*.jar"))
-    # The JDK PySpark launches: $JAVA_HOME/bin/java, else java on the PATH.
-    home = os.environ.get("JAVA_HOME")
-    java = os.path.realpath(shutil.which("java", path=os.path.join(home, "bin") if home else None) or "java")
-    return {"pyspark": pyspark.__version__, "java": java,
+    return {"pyspark": pyspark.__version__, "java": java_binary(),
             "jars": hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]}
 
 

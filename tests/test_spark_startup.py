@@ -94,8 +94,9 @@ def test_the_small_data_jvm_keeps_the_full_code_cache():
     """C1 alone would give the JVM a 48 MB code cache; a test session's long-lived driver filled it
     ("Out of space in CodeCache for adapters") and every later Spark test on that worker failed."""
     from pipeline.demo import SMALL_DATA_JVM
+    from pipeline.spark import java_binary
 
-    out = subprocess.run(["java", *SMALL_DATA_JVM.split(), "-XX:+PrintFlagsFinal", "-version"],
+    out = subprocess.run([java_binary(), *SMALL_DATA_JVM.split(), "-XX:+PrintFlagsFinal", "-version"],
                          capture_output=True, text=True, check=True).stdout
     size = next(int(line.split()[3]) for line in out.splitlines() if line.split()[1:2] == ["ReservedCodeCacheSize"])
     assert size >= 240 * 1024 * 1024
