@@ -2,7 +2,8 @@
 
 A stage's *fingerprint* hashes its inputs: the fingerprints its upstream
 stages recorded (so a change anywhere upstream reaches everything below it),
-the settings that matter to it, the taxonomy file, and for ``infer`` the model
+the settings that matter to it, the taxonomy file (and for a labeler with rules,
+its rules file), and for ``infer`` the model
 version it predicts with. ``fetch`` is the root: its fingerprint is the
 checksums of the files it verified, so a dump republished under the same date
 reruns everything. The CLI records the fingerprint in the stage's summary
@@ -26,8 +27,10 @@ import hashlib
 import json
 
 from pipeline.atomic import exists, read_json
+from pipeline.label_rules import LabelRules
 from pipeline.layout import Layout
 from pipeline.taxonomy import TAXONOMY_DIR
+from pipeline.traversal import parse_labeler
 
 # The stages whose recorded fingerprints a stage's output depends on.
 UPSTREAM = {
@@ -111,7 +114,16 @@ def inputs(settings, stage: str, extra: dict | None = None) -> dict:
     }
     if stage in ("label", "wit", "train", "report"):
         out["taxonomy_sha256"] = taxonomy_sha256(settings.label.taxonomy)
+    if stage == "label" and _uses_rules(settings.label.heuristics):  # the stages below see it through label's record
+        out["label_rules_sha256"] = LabelRules.sha256(settings.label.taxonomy)
     return out
+
+
+def _uses_rules(heuristics: str) -> bool:
+    try:
+        return parse_labeler(heuristics).rules
+    except ValueError:  # an unknown labeler: the stage itself says so
+        return False
 
 
 def fingerprint(settings, stage: str, extra: dict | None = None) -> str:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from pipeline.heads import is_null_head, traversal_head
+from pipeline.label_rules import LabelRules
 from pipeline.taxonomy import Taxonomy
 
 HEURISTICS = ("headJ", "lookahead", "depth")
@@ -47,32 +48,50 @@ HEURISTICS = ("headJ", "lookahead", "depth")
 PARENT_HEADS = frozenset({"Genera", "Specimens", "Antagonists", "Births"})
 
 
+@dataclass(frozen=True)
+class Labeler:
+    """How a labeler labels: the heuristics it proposes with (in order), whether only the nearest
+    seeds count, and whether the taxonomy's label rules (``pipeline/label_rules.py``) add to it."""
+
+    heuristics: tuple[str, ...]
+    nearest: bool = False
+    rules: bool = False
+
+
 # The published traversal every other labeler is compared with.
 BASELINE = "headJ+depth"
-# Named labelers: the heuristics they propose with, and whether only the nearest seeds count.
-LABELERS = {"refined": (("headJ", "depth"), True)}
+# Named labelers. Any other spec is heuristics joined with '+', as the original traversal took them.
+LABELERS = {
+    "refined": Labeler(("headJ", "depth"), nearest=True),
+    "refined-rules": Labeler(("headJ", "depth"), nearest=True, rules=True),
+}
 
 
 def parse_heuristics(spec: str) -> list[str]:
     """'headJ+depth' -> ['headJ', 'depth']; an unknown name is a ValueError listing the valid ones."""
-    return parse_labeler(spec)[0]
+    return list(parse_labeler(spec).heuristics)
 
 
-def parse_labeler(spec: str) -> tuple[list[str], bool]:
-    """A labeler spec -> (heuristics in order, nearest seeds only): 'headJ+depth' -> (['headJ', 'depth'],
-    False); 'refined' -> (['headJ', 'depth'], True). Unknown names are a ValueError listing the valid ones."""
-    spec = str(spec).strip()
-    if spec in LABELERS:
-        heuristics, nearest = LABELERS[spec]
-        return list(heuristics), nearest
-    names = [h.strip() for h in spec.split("+")]
+def parse_labeler(spec) -> Labeler:
+    """A labeler spec -> its ``Labeler``: 'headJ+depth' -> Labeler(('headJ', 'depth')); 'refined' ->
+    the same with ``nearest``. A list of heuristic names is taken as they are. Unknown names are a
+    ValueError listing the valid ones."""
+    if isinstance(spec, Labeler):
+        return spec
+    if not isinstance(spec, str):
+        names = [str(h) for h in spec]
+    else:
+        spec = spec.strip()
+        if spec in LABELERS:
+            return LABELERS[spec]
+        names = [h.strip() for h in spec.split("+")]
     unknown = [h for h in names if h not in HEURISTICS]
     if unknown or not names:
         raise ValueError(
             f"unknown heuristic(s) {unknown} in {spec!r}; valid: {', '.join(HEURISTICS)} (joined with '+'), "
             f"or a labeler: {', '.join(LABELERS)}"
         )
-    return names, False
+    return Labeler(tuple(names))
 
 
 def shortened_matches(heads: list[str]) -> tuple[set[str], list[str]]:
@@ -150,6 +169,7 @@ class Traversal:
     heuristics: list[str]
     head: Callable[[str], str] = traversal_head
     nearest: bool = False  # the refined labeler: only the nearest seeds' labels
+    rules: LabelRules | None = None  # added after the traversal (refined-rules)
     _memo: dict[str, tuple[frozenset, int | None]] = field(default_factory=dict, repr=False)
     _heads: dict[str, str] = field(default_factory=dict, repr=False)
     _props: dict[str, list] = field(default_factory=dict, repr=False)
@@ -167,8 +187,10 @@ class Traversal:
             parents.setdefault(child, [])
             if parent not in parents[child]:
                 parents[child].append(parent)
-        hs, nearest = parse_labeler(heuristics) if isinstance(heuristics, str) else (list(heuristics), False)
-        return cls(depth, hidden, parents, taxonomy.seed_labels(hierarchical=False), hs, head, nearest)
+        labeler = parse_labeler(heuristics)
+        rules = LabelRules.load(taxonomy) if labeler.rules else None
+        return cls(depth, hidden, parents, taxonomy.seed_labels(hierarchical=False), list(labeler.heuristics), head,
+                   labeler.nearest, rules)
 
     def get_head(self, title: str) -> str:
         if title not in self._heads:
@@ -216,8 +238,11 @@ class Traversal:
         return result
 
     def labels(self, title: str) -> frozenset:
-        """Flat labels of one category."""
-        return self.labels_and_hops(title)[0]
+        """Flat labels of one category: the traversal's, and the parent rules' (which the traversal never reads)."""
+        found = self.labels_and_hops(title)[0]
+        if self.rules is not None:
+            found |= self.rules.category_labels(self.parents.get(title, ()))
+        return found
 
     def labels_and_hops(self, title: str) -> tuple[frozenset, int | None]:
         """Flat labels of one category, and the proposal steps to its nearest labeled seed (None: no labels)."""
@@ -240,10 +265,15 @@ class Traversal:
         self._memo[title] = result
         return result
 
-    def file_labels(self, categories: Iterable[str]) -> frozenset:
+    def file_labels(self, categories: Iterable[str], title: str | None = None) -> frozenset:
+        """Flat labels of a file: its categories' labels, and the format rules' (which need its ``title``)."""
         out: set[str] = set()
         for c in categories:
             out |= self.labels(c)
+        if self.rules is not None:
+            if title is None:
+                raise ValueError("a labeler with format rules needs the file's title")
+            out |= self.rules.file_labels(title, out)
         return frozenset(out)
 
 

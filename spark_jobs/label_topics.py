@@ -31,9 +31,10 @@ from pipeline.config import Settings
 from pipeline.errors import StageError, require_input
 from pipeline.heads import NULL_HEADS, P_NUMBER, with_head
 from pipeline.label_masks import check_size, combo_stats, label_sets, labels_to_mask, seed_masks, with_label_arrays
+from pipeline.label_rules import LabelRules
 from pipeline.layout import Layout
 from pipeline.taxonomy import Taxonomy
-from pipeline.traversal import parse_heuristics, parse_labeler
+from pipeline.traversal import parse_labeler
 
 STAGE = "label"
 log = logging.getLogger(__name__)
@@ -258,13 +259,16 @@ def category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, co
     hops to the nearest seed; the ``refined`` labeler keeps only the labels of
     the proposals at the fewest hops. Once the categories still to label have
     at most ``tail_proposals`` proposals, ``finish_in_order`` labels them in
-    one task.
+    one task. A labeler with rules (``refined-rules``) adds what its parent
+    rules give (``pipeline.label_rules``) at the end, unpropagated.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     check_size(taxonomy)
-    hs, nearest = parse_labeler(heuristics) if isinstance(heuristics, str) else (list(heuristics), False)
+    labeler = parse_labeler(heuristics)
+    hs, nearest = list(labeler.heuristics), labeler.nearest
+    rules = LabelRules.load(taxonomy) if labeler.rules else None
     seeds = spark.createDataFrame(list(seed_masks(taxonomy).items()), "title string, seed_mask long")
     # heads before the shuffle: after it, Spark coalesces a small graph into one task
     nodes = with_head(depth_df.select("title", F.coalesce(F.col("hidden"), F.lit(False)).alias("hidden"), "depth"),
@@ -343,10 +347,13 @@ def category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, co
              " and one task" if left <= tail_proposals else "", in_cycles)
     if counts is not None:
         counts.update(rounds=rounds, categories_leading_into_cycles=in_cycles)
-    return (
-        cats.select("title", "depth").join(known, "title", "left")
-        .select("title", "depth", F.coalesce(F.col("mask"), F.lit(0).cast("long")).alias("mask"))
-    )
+    out = (cats.select("title", "depth").join(known, "title", "left")
+           .select("title", "depth", F.coalesce(F.col("mask"), F.lit(0).cast("long")).alias("mask")))
+    if rules is not None:  # after the traversal: what the parent rules add is not propagated
+        out = (out.join(rules.category_rule_masks(edges), "title", "left")
+               .select("title", "depth", F.col("mask").bitwiseOR(F.coalesce("rule_mask", F.lit(0).cast("long")))
+                       .alias("mask")))
+    return out
 
 
 def label_categories(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, counts: dict | None = None,
@@ -368,8 +375,9 @@ def _with_labels(masks, taxonomy: Taxonomy, columns: list[str]):
     return with_label_arrays(masks, sets).select(*columns, "labels", "labels_hier"), sets
 
 
-def file_masks(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
-    """``file_id, file_title, mask`` for every file of file_links: the union of its categories' labels.
+def file_masks(file_links_df, category_labels_df, taxonomy: Taxonomy, rules: LabelRules | None = None) -> "DataFrame":
+    """``file_id, file_title, mask`` for every file of file_links: the union of its categories' labels,
+    and what the format rules of ``rules`` add to it (from the file's title).
 
     ``category_labels_df``: ``title, labels`` (the stage's written output: Spark sizes the join from
     its files, and broadcasts it while it is small). A file whose categories give nothing (red links,
@@ -379,17 +387,21 @@ def file_masks(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFr
 
     cat_masks = category_labels_df.select(
         F.col("title").alias("category"), labels_to_mask(F.col("labels"), taxonomy).alias("mask"))
-    return (
+    files = (
         file_links_df.select("file_id", "file_title", "category")
         .join(cat_masks, "category", "left")
         .groupBy("file_id", "file_title")
         .agg(F.expr("bit_or(coalesce(mask, 0L))").alias("mask"))
     )
+    if rules is not None and rules.format_rules:
+        files = files.select("file_id", "file_title", F.col("mask").bitwiseOR(
+            rules.file_rule_mask(F.col("file_title"), F.col("mask"))).alias("mask"))
+    return files
 
 
-def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy) -> "DataFrame":
+def label_files(file_links_df, category_labels_df, taxonomy: Taxonomy, rules: LabelRules | None = None) -> "DataFrame":
     """Labels of every file of file_links: ``file_id, file_title, labels, labels_hier`` (empty arrays: no labels)."""
-    files = file_masks(file_links_df, category_labels_df, taxonomy).localCheckpoint()
+    files = file_masks(file_links_df, category_labels_df, taxonomy, rules).localCheckpoint()
     return _with_labels(files, taxonomy, ["file_id", "file_title"])[0]
 
 
@@ -425,7 +437,8 @@ def run(settings: Settings) -> dict:
     layout = Layout.from_settings(settings)
     taxonomy = Taxonomy.load(settings.label.taxonomy)
     heuristics = settings.label.heuristics.strip()
-    parse_heuristics(heuristics)  # an unknown name fails here, before Spark starts
+    labeler = parse_labeler(heuristics)  # an unknown name, or rules this taxonomy lacks, fail here, before Spark starts
+    rules = LabelRules.load(taxonomy) if labeler.rules else None
     human = None
     if settings.label.human_labels:  # a bad table fails here too, before any output is replaced
         human = label_quality.read_human_labels(settings.label.human_labels, taxonomy)
@@ -447,7 +460,7 @@ def run(settings: Settings) -> dict:
                            settings.label.tail_proposals).localCheckpoint()
     cats, cat_sets = _with_labels(masks, taxonomy, ["title", "depth"])
     cat_path = write_spark(cats.sortWithinPartitions("title"), layout.labels("category_labels"))
-    files = file_masks(links_df, spark.read.parquet(cat_path), taxonomy).localCheckpoint()
+    files = file_masks(links_df, spark.read.parquet(cat_path), taxonomy, rules).localCheckpoint()
     files, file_sets = _with_labels(files, taxonomy, ["file_id", "file_title"])
     file_path = write_spark(files.sortWithinPartitions("file_id"), layout.labels("file_labels"))
 

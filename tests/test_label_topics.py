@@ -39,8 +39,9 @@ def graphs(draw):
         titles.add([noun, f"{mod} {noun.lower()}", f"{noun} of {place}", f"{mod} {noun.lower()} in {place}"][form])
     titles |= set(draw(st.lists(st.sampled_from(SEEDS), min_size=1, max_size=3)))
     family = draw(st.booleans())  # a "Births" family whose parent queries can close cycles
-    if family:
-        titles |= {"Births", "Births of France", "Births of Spain", "Old births in Spain"}
+    if family:  # (and whose "1850 births" and "Births in ..." make the People rule fire)
+        titles |= {"Births", "Births of France", "Births of Spain", "Old births in Spain", "1850 births",
+                   "Births in France"}
     titles = sorted(titles)
     cats = [(t, draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()),
              draw(st.one_of(st.none(), st.integers(1, 6)))) for t in titles]
@@ -79,10 +80,12 @@ def spark_vs_oracle(spark, cats, edges, heuristics, tail_proposals=0):
 
 
 # Tail sizes: Spark rounds only (0), rounds then the last categories in one task (4), one task (all).
-# Three graphs per case, 18 in all (each label run costs seconds of Spark jobs even on a tiny graph);
+# (refined-rules adds its rules after either: one tail size is enough.)
+# Three graphs per case, 21 in all (each label run costs seconds of Spark jobs even on a tiny graph);
 # every run draws new ones.
 @pytest.mark.parametrize("heuristics,tail", [("depth", 0), ("headJ+depth", 0), ("headJ+lookahead+depth", 4),
-                                             ("refined", 0), ("headJ+depth", 10**6), ("refined", 10**6)])
+                                             ("refined", 0), ("headJ+depth", 10**6), ("refined", 10**6),
+                                             ("refined-rules", 10**6)])
 @hsettings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(graph=graphs())
 def test_random_graphs_match_the_oracle(spark, heuristics, tail, graph):
@@ -150,7 +153,7 @@ def test_parent_queries_deeper_and_in_cycles(spark, tail):
 
 def test_unknown_heuristic(spark):
     df = spark.createDataFrame([("A", False, 1)], "title string, hidden boolean, depth int")
-    with pytest.raises(ValueError, match="valid: headJ, lookahead, depth .* or a labeler: refined"):
+    with pytest.raises(ValueError, match="valid: headJ, lookahead, depth .* or a labeler: refined, refined-rules"):
         label_topics.label_categories(spark, df, df.selectExpr("title as child", "title as parent"), TAX, "headX")
 
 
@@ -213,7 +216,7 @@ def sample_tables(spark, tmp_path_factory):
              ("links", layout.ingest("file_links"))]}
 
 
-@pytest.mark.parametrize("heuristics", ["depth", "headJ+depth", "headJ+lookahead+depth", "refined"])
+@pytest.mark.parametrize("heuristics", ["depth", "headJ+depth", "headJ+lookahead+depth", "refined", "refined-rules"])
 def test_sample_spark_equals_oracle(spark, sample_tables, heuristics):
     """On the bundled sample (real dump format, realistic names): every category's and file's labels."""
     (depth_path, depth), (edges_path, edges), (links_path, links) = (
@@ -226,15 +229,15 @@ def test_sample_spark_equals_oracle(spark, sample_tables, heuristics):
     cat_labels = with_label_arrays(masks, label_sets(masks, TAX))
     got_cats = {r.title: (list(r.labels), list(r.labels_hier)) for r in cat_labels.collect()}
     got_files = {r.file_id: (list(r.labels), list(r.labels_hier))
-                 for r in label_topics.label_files(links_df, cat_labels, TAX).collect()}
+                 for r in label_topics.label_files(links_df, cat_labels, TAX, oracle.rules).collect()}
 
     def ordered(labels):
         flat = [n for n in TAX.names if n in labels]
         return flat, TAX.with_ancestors(flat)
 
     want_cats = {t: ordered(oracle.labels(t)) for t, _, _ in cats}
-    by_file = links.groupby("file_id").category.apply(list)
-    want_files = {int(f): ordered(oracle.file_labels(c)) for f, c in by_file.items()}
+    by_file = links.groupby(["file_id", "file_title"]).category.apply(list)
+    want_files = {int(f): ordered(oracle.file_labels(c, title)) for (f, title), c in by_file.items()}
     assert len(got_cats) == len(set(depth.title)) and len(got_files) == links.file_id.nunique()
     assert [t for t in want_cats if got_cats[t] != want_cats[t]] == []
     assert [f for f in want_files if got_files[f] != want_files[f]] == []
@@ -243,6 +246,11 @@ def test_sample_spark_equals_oracle(spark, sample_tables, heuristics):
     assert sum(bool(v[0]) for v in want_files.values()) > len(want_files) / 2
     if "headJ" in heuristics:  # and the head rule fires on the sample's names
         assert sum(bool(oracle.propose("headJ", t)) for t, _, d in cats if d is not None) >= 10
+    if oracle.rules is not None:  # and both label rules fire on the sample
+        plain = Traversal.build(cats, zip(edges.child, edges.parent), TAX, "refined")
+        added = {label for (f, title), c in by_file.items()
+                 for label in oracle.file_labels(c, title) - plain.file_labels(c)}
+        assert added == {"People", "Diagrams"}
 
 
 def test_a_bad_table_of_people_labels_fails_before_any_output(tmp_path):
@@ -357,7 +365,8 @@ def test_the_one_task_labels_as_the_oracle(graph, labeler, cuts):
 
     cats, edges = graph
     oracle = Traversal.build(cats, edges, TAX, labeler)
-    heuristics, nearest = parse_labeler(labeler)
+    labeler = parse_labeler(labeler)
+    heuristics, nearest = labeler.heuristics, labeler.nearest
     seeds = {t: m for t, m in seed_masks(TAX).items() if t in {c for c, _, d in cats if d is not None}}
     pending = [t for t, _, _ in cats if oracle._walks_on(t)]
     rows = [{"child": t, "target": x, "rank": rank, "mask": seeds.get(x), "hops": 0 if x in seeds else None}

@@ -34,22 +34,33 @@ def settings_for(dumps: Path, root: Path):
                           "spark.dump_chunk_bytes": str(2 << 20)})
 
 
+def labeled_by(s, heuristics: str, taxonomy: str = "v1.3", scored: bool = False):
+    return dataclasses.replace(s, label=dataclasses.replace(
+        s.label, heuristics=heuristics, taxonomy=taxonomy, human_labels=str(REAL / "dev_human.parquet") if scored else ""))
+
+
 @pytest.fixture(scope="module")
 def real(spark, tmp_path_factory):
-    """Both layouts ingested; the current one also graphed and labeled (headJ+depth, the default)."""
+    """Both layouts ingested; the current one graphed and labeled by headJ+depth, refined and
+    refined-rules (scored against people, under both taxonomies); the legacy one graphed and
+    labeled by refined-rules."""
     ingested, settings = {}, {}
     for sub in ("current", "legacy"):
         settings[sub] = settings_for(REAL / sub, tmp_path_factory.mktemp(f"lake_{sub}"))
         ingested[sub] = ingest_dumps.run(settings[sub])
-    s = settings["current"]
+    s = labeled_by(settings["current"], "headJ+depth")
     graph = category_graph.run(s)
     with warnings.catch_warnings():
         warnings.simplefilter("error", label_topics.MissingSeedsWarning)  # all v1.3 seeds are in this graph
         labels = label_topics.run(s)
-    refined = dataclasses.replace(s, label=dataclasses.replace(
-        s.label, heuristics="refined", human_labels=str(REAL / "dev_human.parquet")))
+    refined = labeled_by(s, "refined", scored=True)
+    rules = {t: labeled_by(s, "refined-rules", t, scored=True) for t in ("v1.3", "v1.4")}
+    legacy = labeled_by(settings["legacy"], "refined-rules")
+    category_graph.run(legacy)
     return {"settings": s, "ingest": ingested, "graph": graph, "label": labels,
-            "refined_settings": refined, "refined": label_topics.run(refined)}
+            "refined_settings": refined, "refined": label_topics.run(refined),
+            "refined-rules_settings": rules["v1.3"], "refined-rules": label_topics.run(rules["v1.3"]),
+            "refined-rules v1.4": label_topics.run(rules["v1.4"]), "refined-rules legacy": label_topics.run(legacy)}
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +136,10 @@ def test_depths_equal_a_python_bfs_over_the_parsed_dumps(real, parsed):
 # ------------------------------------------------------------------ label
 
 
-@pytest.mark.parametrize("labeler", ["headJ+depth", "refined"])
+@pytest.mark.parametrize("labeler", ["headJ+depth", "refined", "refined-rules"])
 def test_labels_equal_the_oracle(real, labeler):
-    s, summary = real["settings"], real["label" if labeler == "headJ+depth" else "refined"]
+    """Every category's and every file's labels."""
+    s, summary = real["settings"], real["label" if labeler == "headJ+depth" else labeler]
     assert summary["categories_leading_into_cycles"] == 0  # the Births rule closes no cycle in the real subgraph
     # Its proposals fit label.tail_proposals: one task labeled it, in no Spark round.
     assert json.loads(Path(summary["stats"]).read_text())["rounds"] == 0
@@ -141,6 +153,29 @@ def test_labels_equal_the_oracle(real, labeler):
     assert len(cats) == len(depth)
     diff = [t for t, l in zip(cats.title, cats.labels) if list(l) != [n for n in TAX.names if n in oracle.labels(t)]]
     assert diff == []
+    links = pd.read_parquet(layout.ingest("file_links")).groupby(["file_id", "file_title"]).category.apply(list)
+    want = {f: [n for n in TAX.names if n in oracle.file_labels(c, title)] for (f, title), c in links.items()}
+    files = pd.read_parquet(summary["file_labels"])
+    assert len(files) == len(want) == 3_428
+    assert [f for f, l in zip(files.file_id, files.labels) if list(l) != want[f]] == []
+
+
+def test_refined_rules_labels_the_same_in_both_layouts(real):
+    for table in ("category_labels", "file_labels"):
+        a, b = (pd.read_parquet(real[k][table]) for k in ("refined-rules", "refined-rules legacy"))
+        key = a.columns[0]
+        pd.testing.assert_frame_equal(a.sort_values(key, ignore_index=True), b.sort_values(key, ignore_index=True),
+                                      obj=table)
+
+
+def test_refined_rules_agrees_best_with_people(real):
+    """What benchmarks/label_rules.py measured for refined plus both rules (0.567 on v1.3, 0.513 on
+    v1.4), from the label stage on Spark; above refined and headJ+depth on both."""
+    v13, v14 = real["refined-rules"]["human_agreement"], real["refined-rules v1.4"]["human_agreement"]
+    assert (v13["files"], v14["files"]) == (239, 85)
+    assert v13["f1_micro"] == pytest.approx(0.567, abs=0.005)
+    assert v14["f1_micro"] == pytest.approx(0.513, abs=0.005)
+    assert v13["f1_micro"] > real["refined"]["human_agreement"]["f1_micro"] + 0.01
 
 
 def test_label_stage_scores_itself_against_people(real):
@@ -177,12 +212,13 @@ def test_labels_reproduce_the_original_ones(real, report_metric, record_property
     assert exact / len(dev) >= 0.93  # 145/155 measured
 
 
-def test_study_shows_what_refined_changed_against_headj_depth(real, spark):
-    """The report's labeler section, on the two labelings of the real subgraph, equals a plain
+@pytest.mark.parametrize("labeler", ["refined", "refined-rules"])
+def test_study_shows_what_a_labeler_changed_against_headj_depth(real, spark, labeler):
+    """The report's labeler section, on two labelings of the real subgraph, equals a plain
     pandas count over the two file_labels tables."""
     from pipeline import report, study
 
-    layout = Layout.from_settings(real["refined_settings"])
+    layout = Layout.from_settings(real[f"{labeler}_settings"])
     baseline = study.baseline_layout(layout)
     assert baseline is not None and baseline.heuristics == "headJ+depth"
     assert study.baseline_layout(Layout.from_settings(real["settings"])) is None  # headJ+depth itself
@@ -202,7 +238,9 @@ def test_study_shows_what_refined_changed_against_headj_depth(real, spark):
         assert per.loc[name, "gained"] == sum(name in b and name not in a for a, b in zip(old, new)), name
         assert per.loc[name, "lost"] == sum(name in a and name not in b for a, b in zip(old, new)), name
         assert per.loc[name, "files_after"] == sum(name in b for b in new), name
-    html_text = report._labeler_section(got, "refined")
+    if labeler == "refined-rules":  # what its rules add shows
+        assert per.loc["People", "gained"] > 0 and per.loc["Diagrams", "gained"] > 0
+    html_text = report._labeler_section(got, labeler)
     assert f"{got['files_changed']:,} files got other topics" in html_text
     changed = per[(per.gained + per.lost) > 0].index
     assert 0 < len(changed) < len(TAX.names) and all(f'<td class="">{html.escape(n)}</td>' in html_text for n in changed)
