@@ -12,6 +12,9 @@ outputs (``--keep``), they are reused; otherwise it is run first, with
 ``--scale`` and ``--generator``, into DIR (and kept).
 
     .venv/bin/python benchmarks/label_benchmark.py --scale 0.02 --workdir /tmp/label_bench
+
+``--against LABELER`` also times the Spark stage of ``--heuristics`` and of LABELER alternately,
+pair by pair in the same Spark session (``against.median_ratio``: the first's time over the second's).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def run_oracle(layout, taxonomy, heuristics: str) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     depth = pq.read_table(layout.category_depth, columns=["title", "hidden", "depth"])
     edges = pq.read_table(layout.ingest("category_edges"), columns=["child", "parent"])
-    links = pq.read_table(layout.ingest("file_links"), columns=["file_id", "category"])
+    links = pq.read_table(layout.ingest("file_links"), columns=["file_id", "file_title", "category"])
     links = links.sort_by([("file_id", "ascending")])
     t1 = time.perf_counter()
     tr = Traversal.build(zip(depth["title"].to_pylist(), depth["hidden"].to_pylist(), depth["depth"].to_pylist()),
@@ -77,13 +80,14 @@ def run_oracle(layout, taxonomy, heuristics: str) -> tuple[dict, dict]:
     t2 = time.perf_counter()
     ids = links["file_id"].to_pylist()
     cats = links["category"].to_pylist()
+    titles = links["file_title"].to_pylist()
     n_links, n_files = links.num_rows, len(pc.unique(links["file_id"]))
     del links
     out: dict = {}
     start = 0
     for k in range(1, len(ids) + 1):  # sorted by file_id: one run of links per file
         if k == len(ids) or ids[k] != ids[start]:
-            out[ids[start]] = tr.file_labels(cats[start:k])
+            out[ids[start]] = tr.file_labels(cats[start:k], titles[start])
             start = k
     t3 = time.perf_counter()
     labeled_categories = sum(1 for labels, _ in tr._memo.values() if labels)
@@ -113,6 +117,10 @@ def main() -> None:
     ap.add_argument("--taxonomy", default="v1.3")
     ap.add_argument("--heuristics", default="headJ+depth")
     ap.add_argument("--no-compare", action="store_true", help="skip the Spark == oracle check on file labels")
+    ap.add_argument("--against", metavar="LABELER",
+                    help="time the Spark stage of --heuristics and of this labeler alternately, --pairs times, in "
+                         "the same Spark session: the cost of one relative to the other")
+    ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--tail-proposals", type=int, nargs="*", default=[],
                     help="run the Spark stage once more with each of these label.tail_proposals (0: rounds only), "
                          "after the run with the default")
@@ -144,13 +152,15 @@ def main() -> None:
     cores = spark.sparkContext.defaultParallelism
     spark.range(1).count()
 
-    def spark_run(tail: int | None) -> tuple[dict, dict]:
+    def spark_run(tail: int | None, heuristics: str = args.heuristics, keep: bool = True) -> tuple[dict, dict]:
         """One label stage; its file labels are copied aside, since the next run replaces them."""
         t = time.perf_counter()
         with warnings.catch_warnings(record=True):  # missing seeds (the fast generator has none) are in the summary
             warnings.simplefilter("always")
-            summary = label_topics.run(_settings(work, args.master, args.taxonomy, args.heuristics, tail))
+            summary = label_topics.run(_settings(work, args.master, args.taxonomy, heuristics, tail))
         secs = time.perf_counter() - t
+        if not keep:
+            return summary, {"spark_label_s": round(secs, 2)}
         tail = settings.label.tail_proposals if tail is None else tail
         kept = work / f"file_labels-tail-{tail}"
         shutil.rmtree(kept, ignore_errors=True)
@@ -160,6 +170,13 @@ def main() -> None:
 
     summary, first = spark_run(None)
     variants = [spark_run(tail)[1] for tail in args.tail_proposals]
+    against = None
+    if args.against:
+        pairs = [[spark_run(None, h, keep=False)[1]["spark_label_s"] for h in (args.heuristics, args.against)]
+                 for _ in range(args.pairs)]
+        ratios = sorted(a / b for a, b in pairs)
+        against = {"labeler": args.against, "pairs_s": pairs, "ratios": [round(r, 3) for r in ratios],
+                   "median_ratio": round(ratios[len(ratios) // 2], 3)}
     spark_s = first["spark_label_s"]
     stop_spark(spark)
     driver_after_spark_mb = _mb(resource.RUSAGE_SELF)
@@ -187,6 +204,7 @@ def main() -> None:
         "rounds": first["rounds"],
         "tail_proposals": first["tail_proposals"],
         "other_tail_proposals": variants,
+        "against": against,
         "peak_rss_mb": {"driver_after_spark": driver_after_spark_mb, "driver_with_oracle": oracle_peak_mb,
                         "largest_child_jvm": _mb(resource.RUSAGE_CHILDREN)},
         "spark_master": args.master, "spark_cores": cores,

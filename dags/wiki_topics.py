@@ -69,7 +69,7 @@ def _stage(stage: str, date, **kwargs) -> StageOperator:
                            description="Commons dump date YYYYMMDD or 'latest'; empty: from the logical date, "
                                        "else the DUMP_DATE setting"),
         "taxonomy": Param("", type="string", description="taxonomy version, e.g. v1.3; empty: setting"),
-        "heuristics": Param("", type="string", description="e.g. headJ+depth or refined; empty: setting"),
+        "heuristics": Param("", type="string", description="e.g. refined-rules, refined or headJ+depth; empty: setting"),
         "epochs": Param("", type=["string", "integer"], description="training epochs; empty: setting"),
         "force": Param(False, type="boolean",
                        description="run every stage even where its recorded fingerprint says it is up to date"),

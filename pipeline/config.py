@@ -98,7 +98,8 @@ class IngestConfig:
 @dataclass
 class LabelConfig:
     taxonomy: str = _env("TAXONOMY", "v1.3")
-    heuristics: str = _env("HEURISTICS", "headJ+depth")
+    # The labeler that agrees best with people (README, "Labelers"); headJ+depth reproduces the 2022 labels.
+    heuristics: str = _env("HEURISTICS", "refined-rules")
     root: str = _env("COMMONS_ROOT", "CommonsRoot")
     # A table of people's labels (columns as ../shared/commons_realgraph/dev_human.parquet): the
     # stage then logs how well its labels agree with them (pipeline.label_quality). Scoring only.

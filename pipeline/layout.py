@@ -72,9 +72,9 @@ class Layout:
     dump_date: str
     dumps_dir: str
     wit_dir: str
+    taxonomy: str
+    heuristics: str
     wiki: str = "commonswiki"
-    taxonomy: str = "v1.3"
-    heuristics: str = "headJ+depth"
 
     @classmethod
     def from_settings(cls, s: Settings) -> "Layout":

@@ -20,7 +20,10 @@ seed and one more than its nearest labeled proposal otherwise, and its labels
 are those of the proposals at that distance (ties: their union). A category
 with one near parent and a far one no longer collects the far one's topics at
 every step up, so files get fewer, closer topics (``docs/benchmarks.md``: it
-agrees better with people than ``headJ+depth``).
+agrees better with people than ``headJ+depth``). The ``refined-rules`` labeler
+(the default) is ``refined`` plus the taxonomy's label rules
+(``pipeline/label_rules.py``), applied after the walk: ``labels`` and
+``file_labels`` include what they add, ``labels_and_hops`` (the walk) never.
 
 Almost every proposal has a strictly smaller depth or is a seed. The one
 exception is headJ's parent query for the heads Genera, Specimens,

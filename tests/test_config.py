@@ -43,7 +43,7 @@ def test_bad_values_are_refused():
 
 def test_layout_is_keyed_by_dump_date_and_labeling():
     s = load_settings({"paths.data_root": "s3://bucket/lake", "paths.dump_date": "20250301",
-                       "label.taxonomy": "v1.4"}, environ={})
+                       "label.taxonomy": "v1.4", "label.heuristics": "headJ+depth"}, environ={})
     layout = Layout.from_settings(s)
     assert layout.dump("page") == "data/sample/dumps/commonswiki-20250301-page.sql.gz"
     assert layout.category_depth == "s3://bucket/lake/20250301/graph/category_depth"

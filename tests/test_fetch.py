@@ -296,7 +296,8 @@ def test_cli_fetch_latest_then_rerun_downloads_nothing(server, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DUMPS_URL": server.url, "WIT_URL": f"{server.url}/{WIT_PATH}/",
            "WIT_FILES": "wit_v1.train.all-00000-of-00010.tsv.gz,wit_v1.train.all-00001-of-00010.tsv.gz",
            "DUMPS_DIR": str(tmp_path / "dumps"), "WIT_DIR": str(tmp_path / "wit"), "DUMP_DATE": "latest",
-           "USER_AGENT": UA, "DATA_ROOT": str(tmp_path / "data"), "STATE_DIR": str(tmp_path / "state")}
+           "USER_AGENT": UA, "DATA_ROOT": str(tmp_path / "data"), "STATE_DIR": str(tmp_path / "state"),
+           "HEURISTICS": "headJ+depth"}
     help_text = subprocess.run([sys.executable, "-m", "pipeline", "fetch", "--help"], env=env, cwd=tmp_path,
                                capture_output=True, text=True, check=True).stdout
     assert "download and verify" in help_text
