@@ -57,7 +57,8 @@ def _stage(stage: str, date, **kwargs) -> StageOperator:
 
 @dag(
     dag_id="wiki_topics",
-    schedule=os.environ.get("WIKI_TOPICS_SCHEDULE", "@daily"),
+    # WIKI_TOPICS_SCHEDULE: a cron expression or preset; empty: no schedule (runs triggered by hand or the API)
+    schedule=os.environ.get("WIKI_TOPICS_SCHEDULE", "@daily") or None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
