@@ -19,17 +19,23 @@ ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64 \
 RUN python3 -m venv /opt/venv
 WORKDIR /opt/wiki-image-topics
 COPY requirements.lock .
-RUN pip install --no-cache-dir -r requirements.lock
+# Behind a TLS-intercepting proxy, pass its CA bundle as the build secret `ca_bundle`
+# (docker build --secret id=ca_bundle,src=/etc/ssl/certs/ca-certificates.crt); it is not kept in the image.
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && pip install --no-cache-dir -r requirements.lock
 # The GPU worker's image swaps the CPU build of TensorFlow for the CUDA one:
 # --build-arg TENSORFLOW="tensorflow[and-cuda]==2.21.0" (docker-compose.yml's airflow-worker-gpu).
 ARG TENSORFLOW=""
-RUN if [ -n "$TENSORFLOW" ]; then pip uninstall -y tensorflow-cpu && pip install --no-cache-dir "$TENSORFLOW"; fi
+RUN --mount=type=secret,id=ca_bundle \
+    if [ -s /run/secrets/ca_bundle ]; then export PIP_CERT=/run/secrets/ca_bundle; fi \
+ && if [ -n "$TENSORFLOW" ]; then pip uninstall -y tensorflow-cpu && pip install --no-cache-dir "$TENSORFLOW"; fi
 # SPARK_HOME by a fixed path, whatever the venv's Python version.
 RUN ln -s "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" /opt/spark
 # A non-root user for every service, as the official Airflow image has (uid 50000, group 0);
 # /data is where the compose file mounts the lake volume, which takes this ownership when created.
 RUN useradd --uid 50000 --gid 0 --home-dir /home/airflow --create-home airflow \
- && mkdir -p /data /opt/airflow && chown 50000:0 /data /opt/airflow
+ && mkdir -p /data /opt/airflow/logs && chown -R 50000:0 /data /opt/airflow
 COPY pipeline/ pipeline/
 COPY spark_jobs/ spark_jobs/
 COPY training/ training/

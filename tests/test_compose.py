@@ -30,8 +30,8 @@ def _compose():
 def test_services_are_the_real_engines():
     services = _compose()["services"]
     for name in ["postgres", "redis", "mlflow", "spark-master", "spark-worker", "airflow-init",
-                 "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker",
-                 "airflow-worker-gpu"]:
+                 "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                 "airflow-worker", "airflow-worker-gpu"]:
         assert name in services, name
     assert services["airflow-scheduler"]["command"] == ["airflow", "scheduler"]
     assert services["spark-worker"]["command"][-1] == "spark://spark-master:7077"
@@ -58,13 +58,15 @@ def test_wiring_between_services():
     assert f"airflow pools set {GPU_POOL} " in services["airflow-init"]["command"][-1]
     gpu_command = services["airflow-worker-gpu"]["command"]
     assert gpu_command[gpu_command.index("--queues") + 1] == GPU_QUEUE
-    assert services["airflow-worker"]["command"][-1] == env["AIRFLOW__CELERY__DEFAULT_QUEUE"]
+    worker = services["airflow-worker"]["command"]
+    assert worker[worker.index("--queues") + 1] == env["AIRFLOW__CELERY__DEFAULT_QUEUE"]
 
 
 def test_no_secret_is_written_in_the_deployment():
     for literal in ("airflow:airflow", "mlflow:mlflow", "change-me", "POSTGRES_PASSWORD:", "password1234"):
         assert literal not in TEXT, literal
-    for path in [ROOT / "docker-compose.yml", *sorted((ROOT / "docker").iterdir()), ROOT / ".env.example"]:
+    for path in [ROOT / "docker-compose.yml", *sorted(p for p in (ROOT / "docker").rglob("*") if p.is_file()),
+                 ROOT / ".env.example"]:
         text = path.read_text()
         # a password or key is only ever read from a secret file
         for m in re.finditer(r"(?i)(password|secret|fernet|jwt)[a-z_]*[ \t]*[:=][ \t]*(\S*)", text):
@@ -88,11 +90,13 @@ def test_no_secret_is_written_in_the_deployment():
 
 def test_every_variable_is_required_or_safe_and_listed_in_env_example():
     names = set()
+    defaults = {"BIND_ADDRESS": "127.0.0.1", "BASE_IMAGE": "python:3.11-slim-bookworm", "POSTGRES_IMAGE": "postgres:16",
+                "REDIS_IMAGE": "redis:7"}  # the official images users pull
     for m in re.finditer(r"(?<!\$)\$\{([A-Z_]+)(:?[-?])?([^}]*)\}", TEXT):
         name, op, rest = m.groups()
         names.add(name)
-        if name == "BIND_ADDRESS":
-            assert op == ":-" and rest == "127.0.0.1"
+        if name in defaults:
+            assert op == ":-" and rest == defaults[name], m.group(0)
         else:
             assert op == ":?" and rest, m.group(0)  # unset: compose refuses, saying what to set
     example = (ROOT / ".env.example").read_text()
@@ -113,6 +117,7 @@ def test_ports_are_published_on_loopback_only():
 
 def test_the_gpu_worker_reserves_a_gpu_and_uses_the_gpu_build():
     gpu = _compose()["services"]["airflow-worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]  # a machine without a GPU brings the rest up
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"] and devices[0]["count"] >= 1
     assert gpu["build"]["args"]["TENSORFLOW"].startswith("tensorflow[and-cuda]==")
@@ -148,12 +153,15 @@ def test_every_service_command_exists_in_the_image():
     # the Airflow subcommands parse (celery's exist only with the CeleryExecutor configured)
     code = ("import json, sys; from airflow.cli.cli_parser import get_parser; p = get_parser(); "
             "[p.parse_args(c[1:]) for c in json.loads(sys.argv[1])]")
-    checked = [c + (["gpu", "1", "x"] if c[1:3] == ["pools", "set"] else []) for c in airflow_commands]
+    args = {("pools", "set"): ["gpu", "1", "x"], ("users", "list"): [],
+            ("users", "create"): ["-u", "admin", "-r", "Admin", "-f", "A", "-l", "B", "-e", "a@b", "-p", "x"]}
+    checked = [c + args.get(tuple(c[1:3]), []) for c in airflow_commands]
     out = subprocess.run([sys.executable, "-c", code, json.dumps(checked)], capture_output=True, text=True,
                          env={**os.environ, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
                               "AIRFLOW_HOME": "/tmp/compose-airflow-home"}, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert {c[1] for c in checked} >= {"scheduler", "dag-processor", "celery", "api-server", "db", "pools"}
+    assert {c[1] for c in checked} >= {"scheduler", "dag-processor", "triggerer", "celery", "api-server", "db", "pools",
+                                       "users"}
     from importlib.metadata import entry_points
 
     assert "basic-auth" in {e.name for e in entry_points(group="mlflow.app")}  # mlflow --app-name basic-auth
@@ -166,7 +174,8 @@ def _free_port() -> int:
 
 
 def test_the_mlflow_server_refuses_requests_without_the_admin_password(tmp_path):
-    """docker/mlflow-server.sh itself, on loopback with SQLite: MLflow's basic-auth app is on."""
+    """docker/mlflow-server.sh itself, on loopback with SQLite, with the compose file's allowed hosts:
+    MLflow's basic-auth app is on, and it answers the name the stages use (mlflow:5000), not any name."""
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     (secrets / "mlflow_admin_password").write_text("s3cret-for-this-test\n")
@@ -174,13 +183,18 @@ def test_the_mlflow_server_refuses_requests_without_the_admin_password(tmp_path)
     port = _free_port()
     env = {**os.environ, "SECRETS": str(secrets), "MLFLOW_DB_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_ARTIFACTS": str(tmp_path / "art"),
+           # the compose file's, and this test's own port on loopback
+           "MLFLOW_ALLOWED_HOSTS": _compose()["services"]["mlflow"]["environment"]["MLFLOW_ALLOWED_HOSTS"]
+           + f",127.0.0.1:{port}",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     server = subprocess.Popen([str(ROOT / "docker" / "mlflow-server.sh")], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
 
-    def get(auth=None):
+    def get(auth=None, host=None):
         request = urllib.request.Request(url)
+        if host:
+            request.add_header("Host", host)
         if auth:
             request.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
         try:
@@ -201,6 +215,9 @@ def test_the_mlflow_server_refuses_requests_without_the_admin_password(tmp_path)
         assert status == 401
         assert get("admin:wrong") == 401
         assert get("admin:s3cret-for-this-test") == 200
+        # MLflow 3.5+ checks the Host header (DNS rebinding): the compose service name passes, others do not
+        assert get("admin:s3cret-for-this-test", host="mlflow:5000") == 200
+        assert get("admin:s3cret-for-this-test", host="evil.example:5000") == 403
         # the pipeline's clients sign in from a password file, as the compose services do
         from pipeline import tracking
         from pipeline.config import load_settings
@@ -220,6 +237,64 @@ def test_the_mlflow_server_refuses_requests_without_the_admin_password(tmp_path)
         server.wait(30)
 
 
-@pytest.mark.parametrize("script", ["airflow-apiserver.sh", "mlflow-server.sh", "postgres-init.sh"])
+@pytest.mark.parametrize("script", ["mlflow-server.sh", "postgres-init.sh", "standins.sh",
+                                    "standins/postgres-entrypoint.sh"])
 def test_the_start_scripts_are_valid_shell(script):
     assert subprocess.run(["sh", "-n", str(ROOT / "docker" / script)]).returncode == 0
+
+
+def test_healthchecks_order_and_restarts_follow_airflows_compose_file():
+    """As Airflow's own docker-compose.yaml: a healthcheck on every long-running service, workers start
+    after a healthy API server, everything else after a healthy database and broker and a finished
+    airflow-init, and every long-running service restarts after a crash."""
+    services = _compose()["services"]
+    for name, service in services.items():
+        if name == "airflow-init":
+            assert service["restart"] == "no"
+            continue
+        assert service["restart"] == "always", name
+        if name.startswith("airflow-") or name in ("postgres", "redis", "mlflow"):
+            assert service["healthcheck"]["test"], name
+        if name.startswith("airflow-"):
+            needs = service["depends_on"]
+            assert needs["postgres"]["condition"] == needs["redis"]["condition"] == "service_healthy", name
+            assert needs["airflow-init"]["condition"] == "service_completed_successfully", name
+    for worker in ("airflow-worker", "airflow-worker-gpu"):
+        assert services[worker]["depends_on"]["airflow-apiserver"]["condition"] == "service_healthy"
+        assert "inspect ping" in services[worker]["healthcheck"]["test"][-1]
+    assert services["airflow-triggerer"]["command"][:2] == ["airflow", "triggerer"]
+    assert "TriggererJob" in services["airflow-triggerer"]["healthcheck"]["test"][-1]
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "true"
+    assert "8974/health" in services["airflow-scheduler"]["healthcheck"]["test"][-1]
+
+
+def test_a_production_auth_manager_and_images_that_build_anywhere():
+    services = _compose()["services"]
+    env = services["airflow-apiserver"]["environment"]
+    # Airflow's docs: the simple auth manager is for development and testing only
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+    assert "apache-airflow-providers-fab==" in (ROOT / "requirements.lock").read_text()
+    assert "airflow users create" in services["airflow-init"]["command"][-1]
+    assert services["postgres"]["image"] == "${POSTGRES_IMAGE:-postgres:16}"
+    assert services["redis"]["image"] == "${REDIS_IMAGE:-redis:7}"
+    for name in ("mlflow", "airflow-worker-gpu"):
+        assert services[name]["build"]["args"]["BASE_IMAGE"] == "${BASE_IMAGE:-python:3.11-slim-bookworm}"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+    assert "python3 -m venv /opt/venv" in dockerfile and "USER 50000" in dockerfile
+
+
+def test_the_celery_executor_loads_and_outlives_the_longest_stage():
+    """The CeleryExecutor the compose file configures imports in the locked environment (Celery 5.7
+    broke the provider's import, found by the first bring-up), and Redis redelivers no task before the
+    longest stage's timeout."""
+    code = "from airflow.providers.celery.executors import celery_executor_utils"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                              "AIRFLOW_HOME": "/tmp/compose-airflow-home"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    from dags.wiki_topics import TIMEOUT_HOURS
+
+    env = _compose()["services"]["airflow-worker"]["environment"]
+    assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > max(TIMEOUT_HOURS.values()) * 3600

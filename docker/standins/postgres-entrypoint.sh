@@ -6,7 +6,7 @@
 set -eu
 export POSTGRES_USER="${POSTGRES_USER:-postgres}"
 export POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
-if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then  # read as root, as the official image does
+if [ -n "${POSTGRES_PASSWORD_FILE-}" ]; then  # read as root, as the official image does
     POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
     export POSTGRES_PASSWORD
     unset POSTGRES_PASSWORD_FILE
@@ -17,7 +17,7 @@ if [ "$(id -u)" = 0 ]; then
     chmod 700 "$PGDATA"
     exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
-if [ -z "${POSTGRES_PASSWORD:-}" ]; then
+if [ -z "${POSTGRES_PASSWORD-}" ]; then
     echo "postgres: set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE" >&2
     exit 1
 fi

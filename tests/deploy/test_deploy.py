@@ -1,0 +1,251 @@
+"""The docker-compose deployment, brought up for real (`make test-deploy`; not part of `make test`).
+
+As an operator would: the images built (local stand-ins for Docker Hub's where it cannot be reached),
+every service but the GPU worker up and healthy on loopback, the sample's publishers serving the
+inputs as in `make demo`, a night triggered through Airflow's REST API with a token from the API
+server, and its outputs read back: the data tables from the lake volume, compared row for row with
+the same stages run outside the stack, and the champion from the MLflow server's REST API.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.deploy import stack as st
+
+pytestmark = pytest.mark.deploy
+
+SAMPLE = {"images": 400, "categories": 600, "seed": 3}
+DUMP_DATE = "20260101"
+PROJECT = "witdeploy"
+AIRFLOW = "http://127.0.0.1:8080"
+MLFLOW = "http://127.0.0.1:5000"
+# The stage settings of the stack's override file, for the same stages run outside it.
+STAGE_ENV = {"WEIGHTS": "none", "IMAGE_SIZE": "32", "EPOCHS": "3", "BATCH_SIZE": "32", "SHARD_SIZE": "500",
+             "PER_HOST_CONCURRENCY": "8"}
+# The night's data tables, compared row for row with the stages run outside the stack.
+TABLES = ["ingest/categories", "ingest/category_edges", "ingest/file_links", "graph/category_depth",
+          "labels/v1.3/refined-rules/category_labels", "labels/v1.3/refined-rules/file_labels",
+          "wit/v1.3/refined-rules/images"]
+
+
+def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 60):
+    """(status, parsed JSON or text) of one request."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        **({"Content-Type": "application/json"} if data else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            status, text = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        status, text = e.code, e.read().decode(errors="replace")
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+class Airflow:
+    """Airflow's REST API as an operator uses it: a token from the API server, then /api/v2."""
+
+    def __init__(self, password: str):
+        status, body = http("POST", f"{AIRFLOW}/auth/token", {"username": "admin", "password": password})
+        assert status in (200, 201), (status, body)
+        self.headers = {"Authorization": f"Bearer {body['access_token']}"}
+
+    def __call__(self, method: str, path: str, body=None):
+        status, out = http(method, f"{AIRFLOW}/api/v2{path}", body, self.headers)
+        assert status < 300, (method, path, status, out)
+        return out
+
+    def trigger(self, conf: dict | None = None) -> str:
+        self("PATCH", "/dags/wiki_topics", {"is_paused": False})
+        run = self("POST", "/dags/wiki_topics/dagRuns",
+                   {"logical_date": datetime.now(timezone.utc).isoformat(), "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def tasks(self, run_id: str) -> dict[str, dict]:
+        rows = self("GET", f"/dags/wiki_topics/dagRuns/{run_id}/taskInstances")["task_instances"]
+        return {r["task_id"]: r for r in rows}
+
+    def wait(self, run_id: str, timeout_s: float, during=None) -> str:
+        """The run's final state; ``during(tasks)`` is called at each poll (the fault injector)."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            state = self("GET", f"/dags/wiki_topics/dagRuns/{run_id}")["state"]
+            if state in ("success", "failed"):
+                return state
+            if during:
+                during(self.tasks(run_id))
+            time.sleep(5)
+        return "timed out"
+
+    def log(self, run_id: str, task: str, attempt: int) -> str:
+        path = f"/dags/wiki_topics/dagRuns/{run_id}/taskInstances/{task}/logs/{attempt}?full_content=true"
+        status, out = http("GET", f"{AIRFLOW}/api/v2{path}", headers={**self.headers, "Accept": "application/json"})
+        return json.dumps(out)
+
+
+@dataclass
+class Deployment:
+    stack: st.Stack
+    secrets: dict
+    work: Path
+    host_lake: Path
+    figures: dict = field(default_factory=dict)
+
+    def airflow(self) -> Airflow:
+        return Airflow(self.secrets["airflow_admin_password"])
+
+    def mlflow(self, path: str, auth: bool = True):
+        token = base64.b64encode(f"admin:{self.secrets['mlflow_admin_password']}".encode()).decode()
+        return http("GET", f"{MLFLOW}{path}", headers={"Authorization": f"Basic {token}"} if auth else {})
+
+    @property
+    def lake(self) -> Path:
+        return self.stack.volume_path("lake") / "lake"
+
+
+def _publish(work: Path):
+    """The sample, served as in `make demo`: dumps, WIT and images on loopback."""
+    from pipeline.sample import dumps_server, generator, server
+
+    sample = work / "sample"
+    generator.generate_sample(str(sample), dump_date=DUMP_DATE, **SAMPLE)
+    published = dumps_server.publish([sample / "dumps"], sample / "wit", work / "published")
+    dumps = dumps_server.DumpsServer(work / "published").start()
+    images_url, stop_images = server.serve(str(sample / "images"))
+    env = {"DUMPS_URL": dumps.url, "WIT_URL": f"{dumps.url}/{dumps_server.WIT_PATH}/",
+           "WIT_FILES": ",".join(published["wit_files"]), "WIKI_MIRROR_URL": images_url}
+    return env, lambda: (stop_images(), dumps.stop())
+
+
+def _stages_outside(work: Path, inputs: dict) -> Path:
+    """fetch .. shard as `python -m pipeline <stage>` in local[2], on the same inputs: the reference."""
+    from pipeline.demo import DEMO_USER_AGENT, SMALL_DATA_JVM
+
+    lake = work / "outside"
+    env = {**os.environ, **inputs, **STAGE_ENV, "DATA_ROOT": str(lake / "lake"), "STATE_DIR": str(lake / "state"),
+           "DUMPS_DIR": str(lake / "dumps"), "WIT_DIR": str(lake / "wit"), "DUMP_DATE": DUMP_DATE,
+           "USER_AGENT": DEMO_USER_AGENT, "SPARK_MASTER": "local[2]", "SPARK_JAVA_OPTIONS": SMALL_DATA_JVM,
+           "PYTHONPATH": str(st.ROOT)}
+    for stage in ("fetch", "ingest", "graph", "label", "wit", "shard"):
+        out = subprocess.run([sys.executable, "-m", "pipeline", stage], env=env, cwd=st.ROOT, capture_output=True,
+                             text=True, timeout=1200)
+        assert out.returncode == 0, (stage, out.stdout[-3000:], out.stderr[-3000:])
+    return lake / "lake"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    from pipeline.demo import DEMO_USER_AGENT
+
+    work = tmp_path_factory.mktemp("deploy")
+    logs = Path(os.environ.get("DEPLOY_LOGS", work / "logs"))
+    logs.mkdir(parents=True, exist_ok=True)
+    engine = st.Engine(logs / "dockerd.log").start()
+    inputs, stop_publishers = _publish(work)
+    stack = None
+    try:
+        host_lake = _stages_outside(work, inputs)
+        figures = {}
+        t = time.time()
+        images = st.base_images(logs / "standins.log")
+        figures["base_images_s"] = round(time.time() - t, 1)
+        secrets = st.make_secrets(work / "secrets")
+        stack = st.Stack(PROJECT, {**images, **inputs, "SECRETS_DIR": str(work / "secrets"),
+                                   "USER_AGENT": DEMO_USER_AGENT}, logs / "compose.log")
+        stack.down()  # what an interrupted run left
+        t = time.time()
+        stack.compose("build", timeout=3600)
+        figures["build_s"] = round(time.time() - t, 1)
+        t = time.time()
+        stack.compose("up", "-d", "--wait", "--wait-timeout", "900", timeout=1200)
+        figures["up_s"] = round(time.time() - t, 1)
+        yield Deployment(stack, secrets, work, host_lake, figures)
+    finally:
+        if stack is not None:
+            for service in ("airflow-worker", "airflow-scheduler", "airflow-apiserver", "airflow-init", "mlflow",
+                            "postgres", "spark-master", "spark-worker", "airflow-dag-processor", "airflow-triggerer"):
+                (logs / f"{service}.log").write_text(stack.logs(service))
+            if not os.environ.get("DEPLOY_KEEP"):
+                stack.down()
+        stop_publishers()
+        engine.stop()
+
+
+def _table(path: Path) -> pd.DataFrame:
+    df = pd.read_parquet(path)
+    for c in df.columns:  # arrays compare as tuples
+        if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, (str, bytes))).any():
+            df[c] = df[c].map(lambda v: tuple(v) if v is not None else None)
+    return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+
+def test_a_night_through_the_stack(deployment, report_metric):
+    """Triggered through the REST API, polled to success; its tables equal the stages run outside."""
+    af = deployment.airflow()
+    t = time.time()
+    run_id = af.trigger()
+    state = af.wait(run_id, timeout_s=2400)
+    deployment.figures["night_s"] = round(time.time() - t, 1)
+    tasks = af.tasks(run_id)
+    assert state == "success", {k: v["state"] for k, v in tasks.items()}
+    assert all(tasks[s]["state"] == "success" for s in ("fetch", "label", "train", "infer", "report"))
+
+    lake = deployment.lake / DUMP_DATE
+    assert list((lake / "predictions" / "v1.3" / "refined-rules").glob("*.parquet"))
+    assert (lake / "reports" / "v1.3" / "refined-rules" / "report.html").exists()
+    assert any((deployment.lake / "images").rglob("*")), "the image store is empty"
+    for table in TABLES:
+        pd.testing.assert_frame_equal(_table(lake / table), _table(deployment.host_lake / DUMP_DATE / table),
+                                      obj=table)
+
+    # the champion, from the MLflow server's REST API with the admin's credentials
+    status, body = deployment.mlflow("/api/2.0/mlflow/registered-models/alias?name=wiki-image-topics-v1.3&alias=champion")
+    assert status == 200, body
+    version = body["model_version"]
+    status, run = deployment.mlflow(f"/api/2.0/mlflow/runs/get?run_id={version['run_id']}")
+    assert status == 200 and run["run"]["info"]["status"] == "FINISHED"
+    metrics = {m["key"]: m["value"] for m in run["run"]["data"]["metrics"]}
+    assert "test_macro_auc_pr" in metrics
+    for key, value in deployment.figures.items():
+        report_metric(f"deploy: {key}", value)
+
+
+def test_security_on_the_live_stack(deployment):
+    """Without credentials MLflow and Airflow's API refuse; nothing listens beyond loopback; no secret in
+    any container's configuration or image layer; the Airflow services run as a non-root user."""
+    status, _ = deployment.mlflow("/api/2.0/mlflow/experiments/search?max_results=1", auth=False)
+    assert status == 401
+    assert http("GET", f"{AIRFLOW}/api/v2/dags")[0] == 401
+    assert http("POST", f"{AIRFLOW}/auth/token", {"username": "admin", "password": "wrong"})[0] == 401
+
+    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    ports = {int(line.split()[3].rsplit(":", 1)[1]): line.split()[3] for line in listening.splitlines()}
+    for port in (5432, 6379, 5000, 8080, 7077):
+        assert port in ports and ports[port].startswith(("127.0.0.1:", "[::1]:")), (port, ports.get(port))
+
+    secrets = [v for v in deployment.secrets.values()]
+    containers = [c["Name"] for c in deployment.stack.containers()]
+    inspected = st.sh(["docker", "inspect", *containers]).stdout
+    assert not [s for s in secrets if s in inspected]
+    history = st.sh(["docker", "history", "--no-trunc", "wiki-image-topics:latest"]).stdout
+    assert not [s for s in secrets if s in history]
+    for service in ("airflow-apiserver", "airflow-scheduler", "airflow-worker", "airflow-dag-processor",
+                    "airflow-triggerer", "mlflow"):
+        uid = st.sh(["docker", "exec", deployment.stack.container(service), "id", "-u"]).stdout.strip()
+        assert uid == "50000", (service, uid)
