@@ -42,6 +42,15 @@ TABLES = ["ingest/categories", "ingest/category_edges", "ingest/file_links", "gr
           "wit/v1.3/refined-rules/images"]
 
 
+LOOPBACK = ("127.0.0.1:", "[::1]:", "[::ffff:127.0.0.1]:")
+
+
+def listening() -> dict[int, str]:
+    """Port -> the address it listens on, for every listening TCP socket of this machine (`ss -ltn`)."""
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]): line.split()[3] for line in out.splitlines()}
+
+
 def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 60):
     """(status, parsed JSON or text) of one request."""
     data = json.dumps(body).encode() if body is not None else None
@@ -106,9 +115,23 @@ class Deployment:
     work: Path
     host_lake: Path
     figures: dict = field(default_factory=dict)
+    listening_before: dict = field(default_factory=dict)  # what listened before the stack came up
 
     def airflow(self) -> Airflow:
         return Airflow(self.secrets["airflow_admin_password"])
+
+    def running_runs(self) -> list[dict]:
+        """The MLflow server's runs in state RUNNING, from its REST API."""
+        status, experiments = self.mlflow("/api/2.0/mlflow/experiments/search?max_results=100")
+        if status != 200:
+            return []
+        token = base64.b64encode(f"admin:{self.secrets['mlflow_admin_password']}".encode()).decode()
+        status, found = http("POST", f"{MLFLOW}/api/2.0/mlflow/runs/search",
+                             {"experiment_ids": [e["experiment_id"] for e in experiments["experiments"]],
+                              "filter": "attributes.status = 'RUNNING'", "max_results": 100},
+                             {"Authorization": f"Basic {token}"})
+        assert status == 200, found
+        return found.get("runs", [])
 
     def mlflow(self, path: str, auth: bool = True):
         token = base64.b64encode(f"admin:{self.secrets['mlflow_admin_password']}".encode()).decode()
@@ -169,13 +192,14 @@ def deployment(tmp_path_factory):
         stack = st.Stack(PROJECT, {**images, **inputs, "SECRETS_DIR": str(work / "secrets"),
                                    "USER_AGENT": DEMO_USER_AGENT}, logs / "compose.log")
         stack.down()  # what an interrupted run left
+        before = listening()
         t = time.time()
         stack.compose("build", timeout=3600)
         figures["build_s"] = round(time.time() - t, 1)
         t = time.time()
         stack.compose("up", "-d", "--wait", "--wait-timeout", "900", timeout=1200)
         figures["up_s"] = round(time.time() - t, 1)
-        yield Deployment(stack, secrets, work, host_lake, figures)
+        yield Deployment(stack, secrets, work, host_lake, figures, before)
     finally:
         if stack is not None:
             for service in ("airflow-worker", "airflow-scheduler", "airflow-apiserver", "airflow-init", "mlflow",
@@ -188,11 +212,40 @@ def deployment(tmp_path_factory):
 
 
 def _table(path: Path) -> pd.DataFrame:
-    df = pd.read_parquet(path)
+    return _frame(pd.read_parquet(path))
+
+
+def _frame(df: pd.DataFrame) -> pd.DataFrame:
     for c in df.columns:  # arrays compare as tuples
         if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, (str, bytes))).any():
             df[c] = df[c].map(lambda v: tuple(v) if v is not None else None)
     return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+
+def _images(lake: Path) -> tuple[pd.DataFrame, dict]:
+    """The run's image index without where each image lies (the store's shards fill in the order
+    downloads finish), and each stored image's bytes by key, as a digest."""
+    import hashlib
+
+    index = pd.read_parquet(lake / DUMP_DATE / "image_index" / "v1.3" / "refined-rules")
+    (store,) = [p for p in (lake / "images").iterdir() if p.is_dir()]  # one store: one image setting
+    digests = {}
+    for key, shard, offset, size in index.loc[index.status == "ok", ["image_key", "shard", "offset", "size"]].itertuples(index=False):
+        with open(store / shard, "rb") as f:
+            f.seek(int(offset))
+            digests[key] = hashlib.sha256(f.read(int(size))).hexdigest()
+    return _frame(index.drop(columns=["shard", "offset"])), digests
+
+
+def assert_same_outputs(lake: Path, reference: Path) -> None:
+    """The night's data tables equal the stages run outside the stack, row for row; the image index too,
+    with the same bytes stored for every image (shard and offset aside)."""
+    for table in TABLES:
+        pd.testing.assert_frame_equal(_table(lake / DUMP_DATE / table), _table(reference / DUMP_DATE / table),
+                                      obj=table)
+    (index, stored), (want_index, want_stored) = _images(lake), _images(reference)
+    pd.testing.assert_frame_equal(index, want_index, obj="image_index")
+    assert stored == want_stored and len(stored) > 300
 
 
 def test_a_night_through_the_stack(deployment, report_metric):
@@ -209,10 +262,7 @@ def test_a_night_through_the_stack(deployment, report_metric):
     lake = deployment.lake / DUMP_DATE
     assert list((lake / "predictions" / "v1.3" / "refined-rules").glob("*.parquet"))
     assert (lake / "reports" / "v1.3" / "refined-rules" / "report.html").exists()
-    assert any((deployment.lake / "images").rglob("*")), "the image store is empty"
-    for table in TABLES:
-        pd.testing.assert_frame_equal(_table(lake / table), _table(deployment.host_lake / DUMP_DATE / table),
-                                      obj=table)
+    assert_same_outputs(deployment.lake, deployment.host_lake)
 
     # the champion, from the MLflow server's REST API with the admin's credentials
     status, body = deployment.mlflow("/api/2.0/mlflow/registered-models/alias?name=wiki-image-topics-v1.3&alias=champion")
@@ -234,10 +284,11 @@ def test_security_on_the_live_stack(deployment):
     assert http("GET", f"{AIRFLOW}/api/v2/dags")[0] == 401
     assert http("POST", f"{AIRFLOW}/auth/token", {"username": "admin", "password": "wrong"})[0] == 401
 
-    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
-    ports = {int(line.split()[3].rsplit(":", 1)[1]): line.split()[3] for line in listening.splitlines()}
-    for port in (5432, 6379, 5000, 8080, 7077):
-        assert port in ports and ports[port].startswith(("127.0.0.1:", "[::1]:")), (port, ports.get(port))
+    ports = listening()
+    for port in (5432, 6379, 5000, 8080, 7077, 8974):
+        assert port in ports, port
+    opened = {p: a for p, a in ports.items() if p not in deployment.listening_before}
+    assert not [a for a in opened.values() if not a.startswith(LOOPBACK)], opened
 
     secrets = [v for v in deployment.secrets.values()]
     containers = [c["Name"] for c in deployment.stack.containers()]
@@ -249,3 +300,66 @@ def test_security_on_the_live_stack(deployment):
                     "airflow-triggerer", "mlflow"):
         uid = st.sh(["docker", "exec", deployment.stack.container(service), "id", "-u"]).stdout.strip()
         assert uid == "50000", (service, uid)
+
+
+class Faults:
+    """The faults of one night, each at its own stage, injected from the run's task states as they are
+    polled: PostgreSQL restarted once ingest is done (at the next task's start, polled every 5 s), the
+    worker killed during label, the scheduler restarted during wit, MLflow stopped while train runs
+    and started again once that attempt failed."""
+
+    def __init__(self, deployment: "Deployment"):
+        self.deployment, self.stack, self.done, self.events = deployment, deployment.stack, set(), []
+
+    def note(self, what: str) -> None:
+        self.events.append((time.strftime("%H:%M:%S"), what))
+
+    def __call__(self, tasks: dict[str, dict]) -> None:
+        state = {k: v["state"] for k, v in tasks.items()}
+        if state.get("ingest") == "success" and "postgres" not in self.done:
+            self.done.add("postgres")
+            self.stack.compose("restart", "postgres")
+            self.note(f"PostgreSQL restarted after ingest (graph: {state.get('graph')})")
+        if state.get("label") == "running" and "worker" not in self.done:
+            self.done.add("worker")
+            pid = st.sh(["docker", "inspect", "-f", "{{.State.Pid}}", self.stack.container("airflow-worker")]).stdout
+            os.kill(int(pid), 9)  # the container's init, from outside: a crash, not a stop
+            self.note("worker container killed (SIGKILL) during label")
+        if state.get("wit") == "running" and "scheduler" not in self.done:
+            self.done.add("scheduler")
+            self.stack.compose("restart", "airflow-scheduler")
+            self.note("scheduler restarted during wit")
+        if state.get("train") == "running" and "mlflow" not in self.done and self.deployment.running_runs():
+            self.done.add("mlflow")  # once train's MLflow run exists: the outage must not leave it RUNNING
+            self.stack.compose("stop", "mlflow")
+            self.note("MLflow stopped while train runs, its MLflow run started")
+        if "mlflow" in self.done and "mlflow back" not in self.done and \
+                (tasks.get("train", {}).get("try_number", 0) > 1 or state.get("train") in ("up_for_retry", "failed")):
+            self.done.add("mlflow back")
+            self.stack.compose("start", "mlflow")
+            self.note(f"MLflow started again (train: {state.get('train')})")
+
+
+def test_faults_survived_with_nothing_lost(deployment, report_metric):
+    """A second night, every stage forced to run again, through four faults: it completes, its tables
+    equal the uninterrupted stages', the failed train attempt names the MLflow server, and no MLflow
+    run is left RUNNING."""
+    af = deployment.airflow()
+    faults = Faults(deployment)
+    t = time.time()
+    run_id = af.trigger({"force": True})
+    state = af.wait(run_id, timeout_s=2400, during=faults)
+    seconds = round(time.time() - t, 1)
+    tasks = af.tasks(run_id)
+    assert state == "success", ({k: (v["state"], v["try_number"]) for k, v in tasks.items()}, faults.events)
+    assert faults.done >= {"postgres", "worker", "scheduler", "mlflow", "mlflow back"}, faults.events
+    assert tasks["label"]["try_number"] > 1 and tasks["train"]["try_number"] > 1
+    af = deployment.airflow()
+    assert "mlflow:5000" in af.log(run_id, "train", 1)
+
+    assert_same_outputs(deployment.lake, deployment.host_lake)
+    assert deployment.running_runs() == []
+    deployment.figures["fault_night_s"] = seconds
+    for when, what in faults.events:
+        report_metric(f"deploy fault at {when}", what)
+    report_metric("deploy: night with four faults (s)", seconds)
