@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +30,16 @@ def sh(cmd: list[str], check: bool = True, timeout: float | None = None, **kw) -
     return out
 
 
+def apt_install(package: str) -> None:
+    """Debian's package, as root (with the package lists refreshed when they are missing or stale)."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise RuntimeError(f"{package} is needed, and there is no root and apt to install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if sh(["apt-get", "install", "-y", "-q", package], check=False, env=env).returncode:
+        sh(["apt-get", "update", "-q"], env=env)
+        sh(["apt-get", "install", "-y", "-q", package], env=env)
+
+
 class Engine:
     """The machine's Docker engine: installed with apt and started with ``DOCKERD_FLAGS`` if needed
     (the machine's network left as it is); stopped again only if started here."""
@@ -45,12 +54,7 @@ class Engine:
         if self.running():
             return self
         if shutil.which("dockerd") is None:
-            if os.geteuid() != 0 or shutil.which("apt-get") is None:
-                raise RuntimeError("no Docker engine, and no root and apt to install one (apt-get install docker.io)")
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            if sh(["apt-get", "install", "-y", "-q", "docker.io"], check=False, env=env).returncode:
-                sh(["apt-get", "update", "-q"], env=env)
-                sh(["apt-get", "install", "-y", "-q", "docker.io"], env=env)
+            apt_install("docker.io")
         self.proc = subprocess.Popen(["dockerd", *DOCKERD_FLAGS], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + 120
@@ -84,7 +88,7 @@ def base_images(log: Path) -> dict[str, str]:
     if have or sh(["timeout", "60", "docker", "pull", OFFICIAL_BASE], check=False).returncode == 0:
         return {}  # the compose file's defaults
     if shutil.which("debootstrap") is None:
-        sh(["apt-get", "install", "-y", "-q", "debootstrap"], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        apt_install("debootstrap")
     with open(log, "a") as f:
         out = subprocess.run([str(ROOT / "docker" / "standins.sh")], stdout=subprocess.PIPE, stderr=f, text=True)
     if out.returncode:
@@ -146,6 +150,3 @@ class Stack:
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "30", check=False, timeout=600)
 
-
-def python() -> str:
-    return sys.executable
