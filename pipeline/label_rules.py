@@ -63,7 +63,6 @@ class LabelRules:
     taxonomy: Taxonomy
     parent_rules: tuple[ParentRule, ...]
     format_rules: tuple[FormatRule, ...]
-    path: str
 
     @classmethod
     def path_for(cls, version: str) -> Path:
@@ -103,7 +102,7 @@ class LabelRules:
             unknown = [n for n in names if n not in taxonomy.by_name]
             if unknown:
                 raise TaxonomyError(f"{where}: taxonomy {taxonomy.version} has no label {unknown[0]!r}")
-        return cls(taxonomy, tuple(parents), tuple(formats), str(path))
+        return cls(taxonomy, tuple(parents), tuple(formats))
 
     @classmethod
     def sha256(cls, version: str) -> str | None:

@@ -177,6 +177,7 @@ class Traversal:
     _heads: dict[str, str] = field(default_factory=dict, repr=False)
     _props: dict[str, list] = field(default_factory=dict, repr=False)
     _cyclic: dict[str, bool] = field(default_factory=dict, repr=False)
+    _ruled: dict[str, frozenset] = field(default_factory=dict, repr=False)
     _open: set = field(default_factory=set, repr=False)
 
     @classmethod
@@ -244,7 +245,9 @@ class Traversal:
         """Flat labels of one category: the traversal's, and the parent rules' (which the traversal never reads)."""
         found = self.labels_and_hops(title)[0]
         if self.rules is not None:
-            found |= self.rules.category_labels(self.parents.get(title, ()))
+            if title not in self._ruled:  # once per category, not once per file that names it
+                self._ruled[title] = frozenset(self.rules.category_labels(self.parents.get(title, ())))
+            found |= self._ruled[title]
         return found
 
     def labels_and_hops(self, title: str) -> tuple[frozenset, int | None]:
