@@ -7,7 +7,11 @@ STAMP  := $(VENV)/.installed
 ARCHIVE := $(VENV)/spark-classes.jsa
 export SPARK_CLASS_ARCHIVE ?= $(abspath $(ARCHIVE))
 
-.PHONY: venv demo test test-deploy lock clean benchmark browser
+# The model server's own environment (requirements-serve.txt: KServe cannot share Airflow's psutil).
+SERVE_VENV  ?= .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
+
+.PHONY: venv serve-venv demo test test-serve test-deploy lock lock-serve clean benchmark browser
 
 venv: $(STAMP)
 
@@ -20,6 +24,14 @@ $(STAMP): requirements.lock
 	  || { $(PY) -m pip install --quiet --upgrade pip && $(PY) -m pip install --quiet -r requirements.lock; }
 	@touch $@
 
+serve-venv: $(SERVE_STAMP)
+
+$(SERVE_STAMP): requirements-serve.lock $(STAMP)
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(VENV)/bin/uv pip install --quiet --python $(SERVE_VENV)/bin/python -r requirements-serve.lock \
+	  || $(SERVE_VENV)/bin/python -m pip install --quiet -r requirements-serve.lock
+	@touch $@
+
 # Rebuilt with the environment (the archive is only valid for the Spark jars and JDK it saw).
 $(ARCHIVE): $(STAMP)
 	$(PY) -m pipeline spark-archive --out $@
@@ -29,6 +41,12 @@ demo: venv $(ARCHIVE)
 
 test: venv browser $(ARCHIVE)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The model server's tests (tests/serving): models trained on a synthetic store, served by
+# `python -m pipeline model-server` from .venv-serve, compared with `infer`'s Parquet; the page in
+# chromium; `mlflow models serve` of the champion outside this checkout. About 10 minutes.
+test-serve: venv serve-venv browser $(ARCHIVE)
+	$(PY) -m pytest -m serve tests/serving -n 0 $(PYTEST_ARGS)
 
 # The deployment test: docker-compose.yml brought up for real on loopback, a night through it and
 # faults survived (tests/deploy). Installs and starts a Docker engine where there is none (root and
@@ -51,6 +69,9 @@ lock:
 	rm -rf /tmp/wit-lock && $(PYTHON) -m venv /tmp/wit-lock
 	/tmp/wit-lock/bin/pip install --quiet -r requirements.txt
 	/tmp/wit-lock/bin/pip freeze --exclude-editable > requirements.lock
+
+lock-serve: venv
+	$(VENV)/bin/uv pip compile requirements-serve.txt -p 3.11 --quiet -o requirements-serve.lock
 
 benchmark: venv
 	$(PY) benchmarks/ingest_benchmark.py

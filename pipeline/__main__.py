@@ -35,6 +35,8 @@ SHORTCUTS = {
     "--spark-master": "spark.master",
 }
 
+SERVER_FLAGS = ("serve.host", "serve.port", "serve.model_uri")
+
 
 def _add_settings_arguments(p: argparse.ArgumentParser) -> None:
     for flag, key in SHORTCUTS.items():
@@ -52,7 +54,7 @@ def _overrides(args) -> dict[str, str]:
             raise SystemExit(f"error: --set expects SECTION.FIELD=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = value
-    for key in SHORTCUTS.values():
+    for key in (*SHORTCUTS.values(), *SERVER_FLAGS):
         value = getattr(args, key.replace(".", "__"), None)
         if value is not None:
             out[key] = value
@@ -83,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--render", action="store_true", help="draw images that are not on disk from their names")
+
+    p = sub.add_parser("model-server", help="answer for one image on request: the champion behind KServe's V1/V2 "
+                                            "protocols (its own environment: make serve-venv)")
+    p.add_argument("--host", dest="serve__host", metavar="VALUE", help="sets serve.host (default 127.0.0.1)")
+    p.add_argument("--port", dest="serve__port", metavar="VALUE", help="sets serve.port")
+    p.add_argument("--model-uri", dest="serve__model_uri", metavar="VALUE", help="sets serve.model_uri")
+    _add_settings_arguments(p)
 
     p = sub.add_parser("demo", help="generate the sample, serve its images, run the whole Airflow DAG on it")
     p.add_argument("--images", type=int, default=3000)
@@ -192,6 +201,10 @@ def main(argv=None) -> int:
 
             return server.main(["--root", args.root, "--host", args.host, "--port", str(args.port)]
                                + (["--render"] if args.render else []))
+        elif command == "model-server":
+            from pipeline.serving import server
+
+            return server.main(load_settings(_overrides(args)))
         elif command == "demo":
             from pipeline import demo
 

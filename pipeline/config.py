@@ -221,6 +221,37 @@ class TrackingConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The model server (``python -m pipeline model-server``): what it serves, where, and its limits."""
+
+    # Loopback by default: the compose file opens it to its network, behind a bearer token.
+    host: str = _env("SERVE_HOST", "127.0.0.1")
+    port: int = _env("SERVE_PORT", 8080)
+    # The model to serve and follow; empty: models:/<tracking.model_name>-<taxonomy>@champion.
+    model_uri: str = _env("SERVE_MODEL_URI", "")
+    # The name in the URL: /v1/models/<name>:predict.
+    name: str = _env("SERVE_NAME", "wiki-image-topics")
+    # How often the alias is read; a new version is loaded beside the old one and swapped in when ready.
+    watch_interval_s: float = _env("SERVE_WATCH_INTERVAL_S", 30.0)
+    # Micro-batching: instances that arrive within max_wait_ms of the first are predicted together,
+    # up to max_batch of them.
+    max_batch: int = _env("SERVE_MAX_BATCH", 64)
+    max_wait_ms: float = _env("SERVE_MAX_WAIT_MS", 3.0)
+    # Per request: instances, and body bytes (base64 images included).
+    max_instances: int = _env("SERVE_MAX_INSTANCES", 64)
+    max_body_bytes: int = _env("SERVE_MAX_BODY_BYTES", 8_000_000)
+    # Decompression-bomb guard for images sent or fetched (pixels, read from the header before decoding).
+    max_pixels: int = _env("SERVE_MAX_PIXELS", 25_000_000)
+    # Images decoded at once (each holds up to max_pixels x 3 bytes while it decodes).
+    decode_threads: int = _env("SERVE_DECODE_THREADS", 2)
+    # Fetched thumbnails kept in memory, by bytes (least recently used first out).
+    cache_bytes: int = _env("SERVE_CACHE_BYTES", 64_000_000)
+    # A file holding the bearer token every request must carry (except the page and liveness);
+    # empty: no token (the default bind is loopback only).
+    token_file: str = _env("SERVE_TOKEN_FILE", "")
+
+
+@dataclass
 class Settings:
     paths: PathsConfig = field(default_factory=PathsConfig)
     fetch: FetchConfig = field(default_factory=FetchConfig)
@@ -231,6 +262,7 @@ class Settings:
     shard: ShardConfig = field(default_factory=ShardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @property
     def mlflow_uri(self) -> str:

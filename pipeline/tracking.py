@@ -243,8 +243,8 @@ def set_tags(tags: dict) -> None:
     mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
-def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> None:
-    """Log the finite numeric entries of ``metrics``."""
+def log_metrics(metrics: dict, step: int | None = None, prefix: str = "", model_id: str | None = None) -> None:
+    """Log the finite numeric entries of ``metrics`` (linked to the logged model ``model_id`` if given)."""
     import math
     import numbers
 
@@ -257,7 +257,7 @@ def log_metrics(metrics: dict, step: int | None = None, prefix: str = "") -> Non
         if math.isfinite(float(v)):
             clean[f"{prefix}{k}"] = float(v)
     if clean:
-        mlflow.log_metrics(clean, step=step)
+        mlflow.log_metrics(clean, step=step, model_id=model_id)
 
 
 def log_json_artifact(obj, name: str, artifact_path: str | None = None, run_id: str | None = None, settings=None) -> None:

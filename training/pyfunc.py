@@ -5,9 +5,9 @@ Artifacts: ``keras_model`` (a ``.keras`` file, float32, no optimizer state),
 ``labels`` (JSON ``{"taxonomy": ..., "names": [...], "slugs": [...]}``), so a
 loaded model needs no taxonomy file, and ``inputs`` (JSON ``{"inputs":
 "image" | "text" | "image+text", "text": {fields, vocab, max_tokens}}``, how
-texts are encoded; absent in models logged before texts: image). The class lives in ``training.pyfunc``,
-which must be importable where the model is loaded (it is, in this repo's venv
-and on the Spark executors that share it).
+texts are encoded; absent in models logged before texts: image). The model
+carries the code it imports (``MODEL_CODE``, as ``code_paths``) and an input
+example, so ``mlflow models serve`` loads it without this checkout.
 """
 
 from __future__ import annotations
@@ -193,27 +193,76 @@ def signature(slugs, inputs: str = "image", encoding=None):
     return ModelSignature(inputs=Schema(cols), outputs=Schema(out))
 
 
+# The code a loaded model imports, and nothing else: shipped in the model (``code_paths``), so it loads
+# in any environment with the requirements below, without this checkout, Airflow or Spark.
+MODEL_CODE = {"pipeline": ("imaging.py", "texts.py"), "training": ("pyfunc.py", "model.py", "losses.py")}
+
+
 def pip_requirements() -> list[str]:
-    """Explicit requirements (MLflow's inference would import and run the model to guess them)."""
+    """What loading the model needs (MLflow's inference would import and run the model to guess).
+
+    Keras and Pillow are pinned: they decide the weights' format and the resize. TensorFlow is
+    Keras's backend at any build (``tensorflow``, ``-cpu``, with or without CUDA) that Keras 3 runs on,
+    not the training host's.
+    """
     from importlib.metadata import PackageNotFoundError, version
 
-    reqs = []
-    for pkg in ("keras", "tensorflow-cpu", "tensorflow", "jax", "torch", "numpy", "pandas", "pillow", "mlflow"):
+    def pin(pkg):
         try:
-            reqs.append(f"{pkg}=={version(pkg)}")
+            return f"{pkg}=={version(pkg)}"
         except PackageNotFoundError:
-            pass
-    return reqs
+            return pkg
+
+    return [pin("keras"), pin("pillow"), "tensorflow>=2.16,<3", "numpy>=2", "pandas", "mlflow>=3"]
 
 
-def log_model(name: str, artifacts: dict, model_signature=None):
-    """Log a TopicModel under the active run; returns MLflow's ModelInfo."""
+def code_paths(dir_path: str) -> list[str]:
+    """Copy ``MODEL_CODE`` into ``dir_path`` as packages; returns the folders for ``code_paths``."""
+    import os
+    import shutil
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = []
+    for package, modules in MODEL_CODE.items():
+        target = os.path.join(dir_path, "code", package)
+        os.makedirs(target, exist_ok=True)
+        open(os.path.join(target, "__init__.py"), "w").close()
+        for module in modules:
+            shutil.copyfile(os.path.join(root, package, module), os.path.join(target, module))
+        out.append(target)
+    return out
+
+
+def input_example(inputs: str, image_size: int, encoding=None):
+    """One row the model reads: a small PNG (and texts), as ``dataframe_records`` would carry it."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    row = {}
+    if inputs != "text":
+        ramp = np.linspace(0, 255, image_size * image_size * 3).astype("uint8").reshape(image_size, image_size, 3)
+        buf = io.BytesIO()
+        Image.fromarray(ramp).save(buf, format="PNG")
+        row["image"] = buf.getvalue()
+    if inputs != "image":
+        for c in encoding.columns:
+            row[c] = "Lake Turkana.jpg" if c == "file_title" else ["Lake Turkana"]
+    return pd.DataFrame([row])
+
+
+def log_model(name: str, artifacts: dict, model_signature=None, example=None):
+    """Log a TopicModel under the active run, with its code and an input example; returns MLflow's ModelInfo."""
+    import tempfile
+
     import mlflow
 
-    return mlflow.pyfunc.log_model(
-        name=name, python_model=TopicModel(), artifacts=artifacts, pip_requirements=pip_requirements(),
-        signature=model_signature,
-    )
+    with tempfile.TemporaryDirectory() as d:
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=TopicModel(), artifacts=artifacts, pip_requirements=pip_requirements(),
+            signature=model_signature, code_paths=code_paths(d), input_example=example,
+        )
 
 
 def load_predictor(model_uri: str, settings=None) -> TopicModel:

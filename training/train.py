@@ -254,7 +254,6 @@ def run(settings: Settings) -> dict:
             chance = test_metrics["mean_prevalence_positive_labels"]
             beats_chance = bool(np.isfinite(macro_ap) and macro_ap >= 2 * chance)
 
-            tracking.log_metrics(test_metrics, prefix="test_")
             tracking.log_metrics(thr_metrics, prefix="threshold_")
             tracking.log_metrics(
                 {
@@ -302,7 +301,10 @@ def run(settings: Settings) -> dict:
                 tracking.log_text_artifact(tax.version + "\n", "taxonomy_version.txt", "taxonomy")
                 tracking.log_json_artifact(history.history, "history.json")
                 arts = pyfunc.artifacts_for(d, export, names, slugs, thresholds, tax.version, inputs, encoding)
-                info = pyfunc.log_model("model", arts, pyfunc.signature(slugs, inputs, encoding))
+                info = pyfunc.log_model("model", arts, pyfunc.signature(slugs, inputs, encoding),
+                                        pyfunc.input_example(inputs, size, encoding))
+            # the test figures belong to the logged model too (MLflow 3 links them to it)
+            tracking.log_metrics(test_metrics, prefix="test_", model_id=info.model_id)
             logged_model_uri = info.model_uri
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
