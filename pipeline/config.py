@@ -244,6 +244,8 @@ class ServeConfig:
     max_pixels: int = _env("SERVE_MAX_PIXELS", 25_000_000)
     # Images decoded at once (each holds up to max_pixels x 3 bytes while it decodes).
     decode_threads: int = _env("SERVE_DECODE_THREADS", 2)
+    # A title's thumbnail: seconds a request may wait on the image host (one retry), not the shard stage's minutes.
+    upstream_timeout_s: float = _env("SERVE_UPSTREAM_TIMEOUT_S", 10.0)
     # Fetched thumbnails kept in memory, by bytes (least recently used first out).
     cache_bytes: int = _env("SERVE_CACHE_BYTES", 64_000_000)
     # A file holding the bearer token every request must carry (except the page and liveness);

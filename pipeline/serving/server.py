@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -69,7 +70,8 @@ class TopicServer(Model):
         super().__init__(cfg.name)
         self.cfg = cfg
         self.champion = champion or Champion(model_uri(settings), settings.mlflow_uri)
-        self.thumbnails = thumbnails or Thumbnails(settings.shard, cfg.cache_bytes, cfg.max_pixels)
+        self.thumbnails = thumbnails or Thumbnails(settings.shard, cfg.cache_bytes, cfg.max_pixels,
+                                                    cfg.upstream_timeout_s)
         self.batcher = MicroBatcher(predict_rows, cfg.max_batch, cfg.max_wait_ms / 1000.0)
         self._decode = ThreadPoolExecutor(max(1, cfg.decode_threads), thread_name_prefix="decode")
         # titles wait on the image host: their own threads, so they never hold up decoding
@@ -162,7 +164,7 @@ def v2_response(model_name: str, served: Served, request, probs: np.ndarray):
     labels = InferOutput(name="labels", shape=[len(served.predictor.names)], datatype="BYTES")
     labels.set_data_from_numpy(np.asarray(served.predictor.names, dtype=object), binary_data=False)
     return InferResponse(model_name=model_name, model_version=served.version, infer_outputs=[out, labels],
-                         response_id=getattr(request, "id", None) or None,
+                         response_id=getattr(request, "id", None) or str(uuid.uuid4()),
                          parameters={"alias": served.alias or "", "taxonomy": served.predictor.taxonomy or ""})
 
 

@@ -24,7 +24,7 @@ from pipeline.serving.instances import IMAGE_STATUS, RequestError, at
 from pipeline.wit import UPLOAD_BASE, commons_url
 
 # A request should not wait out the shard stage's minutes of retries.
-SERVING_HTTP = {"timeout_s": 10.0, "max_retries": 1, "max_backoff_s": 2.0, "max_retry_after_s": 5.0}
+SERVING_HTTP = {"max_retries": 1, "max_backoff_s": 2.0, "max_retry_after_s": 5.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +34,8 @@ class Thumbnail:
 
 
 class Thumbnails:
-    def __init__(self, shard, cache_bytes: int, max_pixels: int, http: dict | None = None):
-        self.shard = dataclasses.replace(shard, **{**SERVING_HTTP, **(http or {})})
+    def __init__(self, shard, cache_bytes: int, max_pixels: int, timeout_s: float = 10.0):
+        self.shard = dataclasses.replace(shard, timeout_s=timeout_s, **SERVING_HTTP)
         self.width = standard_width(shard.thumb_width, shard.thumbnail_steps)
         self.max_pixels = min(max_pixels, shard.max_pixels)
         self.downloader = Downloader(self.shard, pool_size=max(2, self.shard.per_host_concurrency))
