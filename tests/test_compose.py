@@ -298,3 +298,27 @@ def test_the_celery_executor_loads_and_outlives_the_longest_stage():
 
     env = _compose()["services"]["airflow-worker"]["environment"]
     assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > max(TIMEOUT_HOURS.values()) * 3600
+
+
+def test_the_model_server_is_a_service_of_its_own_behind_a_token():
+    """Its own image from requirements-serve.lock (no Airflow, Spark or JVM), the champion from the MLflow
+    server, every request behind the token secret, alive before the first night, after MLflow."""
+    server = _compose()["services"]["model-server"]
+    assert server["build"]["dockerfile"] == "docker/model-server.Dockerfile"
+    assert server["image"] not in PROJECT_IMAGES
+    dockerfile = (ROOT / server["build"]["dockerfile"]).read_text()
+    assert "requirements-serve.lock" in dockerfile and "requirements.lock" not in dockerfile.replace("-serve.lock", "")
+    assert "openjdk" not in dockerfile and "USER 50000" in dockerfile
+    assert server["command"][:4] == ["python", "-m", "pipeline", "model-server"]
+    port = server["command"][server["command"].index("--port") + 1]
+    assert server["ports"] == [f"${{BIND_ADDRESS:-127.0.0.1}}:{port}:{port}"]
+    env = server["environment"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["SERVE_TOKEN_FILE"] == "/run/secrets/model_server_token"
+    assert set(server["secrets"]) == {"mlflow_admin_password", "model_server_token"}
+    assert f"127.0.0.1:{port}/livez" in " ".join(server["healthcheck"]["test"])
+    assert server["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    lock = (ROOT / "requirements-serve.lock").read_text()
+    for package in ("kserve==0.21.0", "tensorflow-cpu==2.21.0", "mlflow==3.17.2", "fsspec=="):
+        assert package in lock, package
+    assert "apache-airflow" not in lock and "pyspark" not in lock

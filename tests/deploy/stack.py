@@ -20,7 +20,7 @@ DOCKERD_FLAGS = ["--bridge=none", "--iptables=false", "--ip-forward=false", "--i
 OFFICIAL_BASE = "python:3.11-slim-bookworm"
 SECRETS = ["postgres_password", "airflow_db_password", "mlflow_db_password", "redis_password",
            "airflow_admin_password", "airflow_jwt_secret", "airflow_api_secret_key", "airflow_fernet_key",
-           "mlflow_admin_password", "mlflow_flask_secret"]
+           "mlflow_admin_password", "mlflow_flask_secret", "model_server_token"]
 
 
 def sh(cmd: list[str], check: bool = True, timeout: float | None = None, **kw) -> subprocess.CompletedProcess:

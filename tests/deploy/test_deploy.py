@@ -276,6 +276,46 @@ def test_a_night_through_the_stack(deployment, report_metric):
         report_metric(f"deploy: {key}", value)
 
 
+SERVER = "http://127.0.0.1:8082"
+
+
+def test_the_model_server_answers_for_the_champion(deployment):
+    """The compose file's model server follows the night's champion from the MLflow server: behind its
+    token, it gives the night's Parquet for the lake's own images (by bytes and by Commons title)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipeline.config import load_settings
+    from pipeline.layout import Layout
+    from pipeline.store import read_payload, store_root
+
+    token = {"Authorization": f"Bearer {deployment.secrets['model_server_token']}"}
+    deadline = time.time() + 180
+    while time.time() < deadline and http("GET", f"{SERVER}/v1/models/wiki-image-topics", headers=token)[0] != 200:
+        time.sleep(3)
+    status, info = http("GET", f"{SERVER}/info", headers=token)
+    assert status == 200, info
+    _, alias = deployment.mlflow("/api/2.0/mlflow/registered-models/alias?name=wiki-image-topics-v1.3&alias=champion")
+    assert (info["model"]["version"], info["model"]["alias"]) == (alias["model_version"]["version"], "champion")
+
+    settings = load_settings({"paths.data_root": str(deployment.lake), "paths.dump_date": DUMP_DATE}, environ={})
+    index = pq.read_table(Layout.from_settings(settings).image_index).to_pandas()
+    index = index[index["status"] == "ok"].head(16)
+    store = store_root(settings)
+    images = [base64.b64encode(read_payload(f"{store}/{r.shard}", r.offset, r.size)).decode() for r in index.itertuples()]
+    predicted = pd.read_parquet(deployment.lake / DUMP_DATE / "predictions" / "v1.3" / "refined-rules")
+    predicted = predicted.set_index("image_key").loc[index["image_key"]]
+    slugs = [label["slug"] for label in info["labels"]]
+    names = [label["name"] for label in info["labels"]]
+    for instances in ([{"image": b} for b in images], [{"title": t} for t in index["file_title"]]):
+        status, out = http("POST", f"{SERVER}/v1/models/wiki-image-topics:predict", {"instances": instances}, token)
+        assert status == 200, out
+        served = np.array([[p["probabilities"][n] for n in names] for p in out["predictions"]])
+        np.testing.assert_allclose(served, predicted[[f"p_{s}" for s in slugs]].to_numpy(), atol=1e-6, rtol=0)
+    assert http("POST", f"{SERVER}/v1/models/wiki-image-topics:predict", {"instances": instances})[0] == 401
+    assert http("GET", f"{SERVER}/")[0] == 200  # the page is open; it asks for the token
+
+
 def test_security_on_the_live_stack(deployment):
     """Without credentials MLflow and Airflow's API refuse; nothing listens beyond loopback; no secret in
     any container's configuration or image layer; the Airflow services run as a non-root user."""
@@ -285,7 +325,7 @@ def test_security_on_the_live_stack(deployment):
     assert http("POST", f"{AIRFLOW}/auth/token", {"username": "admin", "password": "wrong"})[0] == 401
 
     ports = listening()
-    for port in (5432, 6379, 5000, 8080, 7077, 8974):
+    for port in (5432, 6379, 5000, 8080, 7077, 8974, 8082):
         assert port in ports, port
     opened = {p: a for p, a in ports.items() if p not in deployment.listening_before}
     assert not [a for a in opened.values() if not a.startswith(LOOPBACK)], opened
@@ -294,10 +334,11 @@ def test_security_on_the_live_stack(deployment):
     containers = [c["Name"] for c in deployment.stack.containers()]
     inspected = st.sh(["docker", "inspect", *containers]).stdout
     assert not [s for s in secrets if s in inspected]
-    history = st.sh(["docker", "history", "--no-trunc", "wiki-image-topics:latest"]).stdout
-    assert not [s for s in secrets if s in history]
+    for image in ("wiki-image-topics:latest", "wiki-image-topics-server:latest"):
+        history = st.sh(["docker", "history", "--no-trunc", image]).stdout
+        assert not [s for s in secrets if s in history], image
     for service in ("airflow-apiserver", "airflow-scheduler", "airflow-worker", "airflow-dag-processor",
-                    "airflow-triggerer", "mlflow"):
+                    "airflow-triggerer", "mlflow", "model-server"):
         uid = st.sh(["docker", "exec", deployment.stack.container(service), "id", "-u"]).stdout.strip()
         assert uid == "50000", (service, uid)
 
