@@ -123,9 +123,12 @@ def locust(target: str, host: str, users: int, seconds: int, images: str, out: s
     subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(f"{out}_stats.csv", encoding="utf-8") as f:
         row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
+
+    def number(key):  # locust writes N/A where no request finished
+        return float(row[key]) if row[key] not in ("", "N/A") else float("nan")
+
     return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
-            "rps": float(row["Requests/s"]), "p50_ms": float(row["50%"]), "p95_ms": float(row["95%"]),
-            "p99_ms": float(row["99%"])}
+            "rps": number("Requests/s"), "p50_ms": number("50%"), "p95_ms": number("95%"), "p99_ms": number("99%")}
 
 
 def start(kind: str, args, port: int):
@@ -185,7 +188,7 @@ def main(argv=None) -> int:
     p.add_argument("--taxonomy", default="v1.3", help="the demo's taxonomy (its champion is <model>-<taxonomy>)")
     p.add_argument("--users", default="1,8,32")
     p.add_argument("--seconds", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--mlflow-workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--bombs", type=int, default=40)

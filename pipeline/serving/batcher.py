@@ -1,8 +1,10 @@
 """Micro-batching: the instances of requests that arrive together are predicted as one batch.
 
 A model call costs about the same for 1 row as for 32 on a CPU, so under load
-the server predicts whatever has queued while the previous batch ran, and
-when idle waits at most ``max_wait_s`` after the first request for others. A
+the server predicts whatever has queued while the previous batch ran. It
+waits for company (at most ``max_wait_s`` after the oldest queued request)
+only while other requests are still being prepared (``expect``/``arrived``),
+so a lone request is never held back. A
 batch holds at most ``max_batch`` rows (a larger request is its own batch)
 and rows of one model version only, so a request is answered by the version
 it was prepared for. The model runs on one thread; the event loop stays free
@@ -30,6 +32,17 @@ class MicroBatcher:
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.batches = self.rows = 0
+        self.preparing = 0  # requests decoding their images, about to submit
+
+    def expect(self) -> None:
+        """A request started preparing its rows: a batch about to run may wait for it."""
+        self.preparing += 1
+
+    def arrived(self) -> None:
+        """That request submitted its rows, or gave up."""
+        self.preparing -= 1
+        if self._wake is not None:
+            self._wake.set()
 
     async def submit(self, model, rows: list) -> np.ndarray:
         """Probabilities for ``rows`` (prepared for ``model``), predicted in some batch."""
@@ -63,7 +76,7 @@ class MicroBatcher:
                 await self._wake.wait()
             # wait for company at most max_wait_s after the oldest request came (not at all under load)
             deadline = self._queue[0][3] + self.max_wait_s
-            while sum(len(item[1]) for item in self._queue) < self.max_batch:
+            while self.preparing > 0 and sum(len(item[1]) for item in self._queue) < self.max_batch:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

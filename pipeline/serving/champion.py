@@ -10,6 +10,7 @@ keeps the current model serving.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from dataclasses import dataclass
@@ -43,6 +44,16 @@ class Served:
                            for n, s, t in zip(p.names, p.slugs, p.thresholds)]}
 
 
+def _settle_heap(swapped: bool) -> None:
+    """Keep the loaded model's millions of objects out of Python's garbage collector, whose full passes
+    over them would otherwise stall requests now and then. After a swap the old model's cycles are
+    collected first, once."""
+    if swapped:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def split_uri(uri: str) -> tuple[str | None, str | None, str | None]:
     """``models:/name@alias`` -> (name, None, alias); ``models:/name/3`` -> (name, "3", None); else Nones."""
     if not uri.startswith("models:/"):
@@ -69,11 +80,15 @@ class Champion:
         self.swaps = 0
         self.last_error: str | None = None
         self._loading = threading.Lock()
+        self._registry = None
 
     def _client(self):
-        from mlflow import MlflowClient
+        """One client for the server's life (a new one per read would reopen the store every time)."""
+        if self._registry is None:
+            from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            self._registry = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._registry
 
     def resolve(self) -> str | None:
         """The version the URI names now (an alias read from the registry), or None for a non-registry URI."""
@@ -120,6 +135,7 @@ class Champion:
             before = self.current
             self.current = served
             self.last_error = None
+            _settle_heap(before is not None)
             if before is not None:
                 self.swaps += 1
             log.info("model %s: serving v%s%s", self.uri, served.version,

@@ -51,9 +51,19 @@ class Prepared:
     source: str | None = None
 
 
+def bucket(n: int) -> int:
+    """Batches are padded to a power of two: a few shapes, each traced once at warm-up (``BUCKETS``)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def predict_rows(served: Served, rows: list[Prepared]) -> np.ndarray:
-    """Probabilities (rows, labels), as batch inference computes them (``spark_jobs.batch_inference``)."""
+    """Probabilities (rows, labels), as batch inference computes them (``spark_jobs.batch_inference``).
+
+    Padding rows (no image, no text) change nothing for the others: rows do not interact in inference.
+    """
     p = served.predictor
+    n = len(rows)
+    rows = rows + [Prepared(None, {})] * (bucket(n) - n)
     images = has_image = ids = None
     if p.reads_image:
         blank = np.zeros((p.image_size, p.image_size, 3), dtype="uint8")
@@ -61,7 +71,7 @@ def predict_rows(served: Served, rows: list[Prepared]) -> np.ndarray:
         images = np.stack([blank if r.pixels is None else r.pixels for r in rows])
     if p.reads_text:
         ids = p.encode_texts([r.texts for r in rows])
-    return p.predict_inputs(images, ids, has_image)
+    return p.predict_inputs(images, ids, has_image)[:n]
 
 
 class TopicServer(Model):
@@ -69,7 +79,8 @@ class TopicServer(Model):
         cfg = settings.serve
         super().__init__(cfg.name)
         self.cfg = cfg
-        self.champion = champion or Champion(model_uri(settings), settings.mlflow_uri)
+        buckets = tuple(bucket(n) for n in range(1, bucket(cfg.max_batch) + 1))
+        self.champion = champion or Champion(model_uri(settings), settings.mlflow_uri, sorted(set(buckets)))
         self.thumbnails = thumbnails or Thumbnails(settings.shard, cfg.cache_bytes, cfg.max_pixels,
                                                     cfg.upstream_timeout_s)
         self.batcher = MicroBatcher(predict_rows, cfg.max_batch, cfg.max_wait_ms / 1000.0)
@@ -122,9 +133,13 @@ class TopicServer(Model):
         v2 = not isinstance(payload, dict)
         instances = parse(v2_instances(payload) if v2 else payload, self.cfg.max_instances, served.predictor.inputs)
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(*(
-            loop.run_in_executor(self._fetch if i.title is not None else self._decode, self._prepare, i, served)
-            for i in instances))
+        self.batcher.expect()
+        try:
+            prepared = await asyncio.gather(*(
+                loop.run_in_executor(self._fetch if i.title is not None else self._decode, self._prepare, i, served)
+                for i in instances))
+        finally:
+            self.batcher.arrived()
         probs = await self.batcher.submit(served, prepared)
         if v2:
             return v2_response(self.name, served, payload, probs)
