@@ -130,6 +130,8 @@ class TopicServer(Model):
         served = self.champion.current
         if served is None:
             raise ModelNotReady(self.name, self.champion.last_error or "no model loaded yet")
+        if isinstance(payload, (bytes, bytearray, str)):  # a body sent without Content-Type: application/json
+            payload = json_body(payload)
         v2 = not isinstance(payload, dict)
         instances = parse(v2_instances(payload) if v2 else payload, self.cfg.max_instances, served.predictor.inputs)
         loop = asyncio.get_running_loop()
@@ -156,6 +158,16 @@ def answer(served: Served, probs: np.ndarray, prepared: Prepared) -> dict:
     if prepared.source:
         out["source"] = prepared.source
     return out
+
+
+def json_body(raw) -> dict:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise RequestError(HTTPStatus.BAD_REQUEST, 'the body is not JSON: send {"instances": [...]}') from None
+    if not isinstance(body, dict):
+        raise RequestError(HTTPStatus.BAD_REQUEST, 'the body must be a JSON object {"instances": [...]}')
+    return body
 
 
 def v2_instances(request) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import threading
 import time
@@ -180,6 +181,13 @@ def test_bad_input_gets_a_clear_4xx_naming_the_instance_and_the_server_stays_up(
     streamed = requests.post(f"{server.url}/v1/models/{server.name}:predict", data=chunks(), timeout=30)
     assert streamed.status_code == 413, streamed.text
     assert requests.post(f"{server.url}/v1/models/{server.name}:predict", data=b"{nope", timeout=30).status_code == 400
+    # as `curl -d` sends it (form content type): JSON is still read, anything else is a 400
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    body = json.dumps({"instances": [{"image": b64(jpeg())}]})
+    assert requests.post(f"{server.url}/v1/models/{server.name}:predict", data=body, headers=form,
+                         timeout=30).status_code == 200
+    hello = requests.post(f"{server.url}/v1/models/{server.name}:predict", data="hello", headers=form, timeout=30)
+    assert hello.status_code == 400 and "not JSON" in hello.json()["error"]
     assert requests.post(f"{server.url}/v1/models/other:predict", json={"instances": []}, timeout=30).status_code == 404
     assert server.predict([{"image": b64(jpeg())}]).status_code == 200
 
