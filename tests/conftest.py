@@ -21,6 +21,8 @@ def _mlflow_environment_restored():
     import mlflow
 
     mlflow.set_tracking_uri(before.get("MLFLOW_TRACKING_URI", ""))
+    # the registry URI is a global of its own: a stage's set_registry_uri must not outlive its test
+    mlflow.set_registry_uri(before.get("MLFLOW_REGISTRY_URI"))
     if "MLFLOW_TRACKING_URI" not in before:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
 
