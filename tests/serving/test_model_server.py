@@ -18,7 +18,7 @@ import requests
 from pipeline.store import read_payload, store_root
 from pipeline.wit import hash_path
 from tests.serving.bad_inputs import b64, cases, jpeg
-from tests.serving.conftest import MODEL, MODES, USER_AGENT
+from tests.serving.conftest import MODEL, MODES
 
 pytestmark = pytest.mark.serve
 TOL = 1e-6
