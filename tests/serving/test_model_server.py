@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -358,26 +359,43 @@ def test_the_page_shows_an_image_with_its_topics_in_a_real_browser(trained, mode
     assert (artifacts / "model-server-page.png").stat().st_size > 10_000
 
 
-def test_the_champion_serves_outside_this_checkout_with_mlflow_models_serve(trained, serve_python, tmp_path):
-    """`mlflow models serve -m models:/<name>@champion` from the serving venv, in an empty folder with no
-    path to this checkout, loads the model's own code and gives the Parquet's figures."""
+def test_the_champion_serves_outside_this_checkout_with_mlflow_models_serve(trained, tmp_path):
+    """A fresh venv built from nothing but the champion's own requirements.txt (uv, from the package
+    registry), then `mlflow models serve -m models:/<name>@champion` from it in an empty folder with no
+    path to this checkout: it loads the model's own code and gives the Parquet's figures."""
+    import shutil
     import subprocess
 
+    import mlflow
+
     from pipeline import tracking
-    from tests.serving.conftest import free_port
+    from tests.serving.conftest import ROOT, free_port
 
     settings, summary, predictions = trained["image"]
     tracking.client(settings).set_registered_model_alias(MODEL, "champion", str(summary["model_version"]))
+    tracking.configure(settings)
+    requirements = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion/requirements.txt",
+                                                            dst_path=str(tmp_path / "req")))
+    fresh = tmp_path / "fresh-venv"
+    uv = shutil.which("uv", path=str(ROOT / ".venv" / "bin")) or shutil.which("uv")
+    base = getattr(sys, "_base_executable", sys.executable)
+    if uv:
+        subprocess.run([uv, "venv", "-q", "-p", base, str(fresh)], check=True, timeout=120)
+        subprocess.run([uv, "pip", "install", "-q", "--python", str(fresh / "bin" / "python"), "-r", str(requirements)],
+                       check=True, timeout=900)
+    else:
+        subprocess.run([base, "-m", "venv", str(fresh)], check=True, timeout=120)
+        subprocess.run([str(fresh / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(requirements)],
+                       check=True, timeout=1800)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH", "VIRTUAL_ENV"))}
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_uri
-    env["PATH"] = f"{serve_python.parent}:{env['PATH']}"  # the serving venv, activated
+    env["PATH"] = f"{fresh / 'bin'}:{env['PATH']}"  # the fresh venv, activated
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    mlflow_bin = serve_python.parent / "mlflow"
     log = open(tmp_path / "mlflow-serve.log", "wb")
-    proc = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", f"models:/{MODEL}@champion", "-p", str(port),
-                             "-h", "127.0.0.1", "--env-manager", "local", "-w", "1"],
+    proc = subprocess.Popen([str(fresh / "bin" / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+                             "-p", str(port), "-h", "127.0.0.1", "--env-manager", "local", "-w", "1"],
                             cwd=outside, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
@@ -401,7 +419,7 @@ def test_the_champion_serves_outside_this_checkout_with_mlflow_models_serve(trai
         proc.terminate()
         proc.wait(30)
     # and that environment, in that folder, cannot import this checkout's code: the model brought its own
-    alone = subprocess.run([str(serve_python), "-c", "import training.pyfunc"], cwd=outside, env=env,
+    alone = subprocess.run([str(fresh / "bin" / "python"), "-c", "import training.pyfunc"], cwd=outside, env=env,
                            capture_output=True, text=True)
     assert alone.returncode != 0 and "No module named 'training'" in alone.stderr, alone
 
