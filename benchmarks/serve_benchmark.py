@@ -72,8 +72,7 @@ class Peak:
     """Polls a process tree's total RSS every 0.2 s."""
 
     def __init__(self, pid: int):
-        self.proc, self.peak, self._stop = psutil.Process(pid), 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.proc, self.peak, self._stop, self._thread = psutil.Process(pid), 0, threading.Event(), None
 
     def rss(self) -> int:
         total = 0

@@ -52,7 +52,7 @@ class Prepared:
 
 
 def bucket(n: int) -> int:
-    """Batches are padded to a power of two: a few shapes, each traced once at warm-up (``BUCKETS``)."""
+    """Batches are padded to a power of two: a few shapes, each traced once at warm-up."""
     return 1 << max(0, n - 1).bit_length()
 
 
@@ -79,8 +79,8 @@ class TopicServer(Model):
         cfg = settings.serve
         super().__init__(cfg.name)
         self.cfg = cfg
-        buckets = tuple(bucket(n) for n in range(1, bucket(cfg.max_batch) + 1))
-        self.champion = champion or Champion(model_uri(settings), settings.mlflow_uri, sorted(set(buckets)))
+        buckets = [1 << i for i in range(bucket(cfg.max_batch).bit_length())]  # 1, 2, 4, ... max_batch's
+        self.champion = champion or Champion(model_uri(settings), settings.mlflow_uri, buckets)
         self.thumbnails = thumbnails or Thumbnails(settings.shard, cfg.cache_bytes, cfg.max_pixels,
                                                     cfg.upstream_timeout_s)
         self.batcher = MicroBatcher(predict_rows, cfg.max_batch, cfg.max_wait_ms / 1000.0)
@@ -145,18 +145,21 @@ class TopicServer(Model):
         probs = await self.batcher.submit(served, prepared)
         if v2:
             return v2_response(self.name, served, payload, probs)
-        return {"predictions": [answer(served, row, prep) for row, prep in zip(probs, prepared)]}
+        return {"predictions": answers(served, probs, prepared)}
 
 
-def answer(served: Served, probs: np.ndarray, prepared: Prepared) -> dict:
+def answers(served: Served, probs: np.ndarray, prepared: list[Prepared]) -> list[dict]:
+    """One answer per instance: every topic's probability, the topics at the model's thresholds (the
+    pyfunc's own rule, ``predicted_labels``), and which model answered."""
     p = served.predictor
-    out = {
-        "probabilities": {n: float(v) for n, v in zip(p.names, probs)},
-        "topics": [n for n, v, t in zip(p.names, probs, p.thresholds) if v >= t],
-        "model": {k: served.about[k] for k in ("name", "version", "alias", "taxonomy", "inputs")},
-    }
-    if prepared.source:
-        out["source"] = prepared.source
+    about = served.about
+    model = {k: about[k] for k in ("name", "version", "alias", "taxonomy", "inputs")}
+    out = []
+    for row, topics, prep in zip(probs, p.predicted_labels(probs), prepared):
+        one = {"probabilities": {n: float(v) for n, v in zip(p.names, row)}, "topics": topics, "model": model}
+        if prep.source:
+            one["source"] = prep.source
+        out.append(one)
     return out
 
 
