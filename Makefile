@@ -37,7 +37,7 @@ $(ARCHIVE): $(STAMP)
 	$(PY) -m pipeline spark-archive --out $@
 
 demo: venv $(ARCHIVE)
-	$(PY) -m pipeline demo $(DEMO_ARGS)
+	$(PY) -m devtools demo $(DEMO_ARGS)
 
 test: venv browser $(ARCHIVE)
 	$(PY) -m pytest $(PYTEST_ARGS)

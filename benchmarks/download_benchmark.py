@@ -36,8 +36,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.sample.dumps_server import DumpsServer  # noqa: E402
-from pipeline.wit import commons_url, hash_path, image_key  # noqa: E402
+from devtools.sample.dumps_server import DumpsServer  # noqa: E402
+from pipeline.inputs.wit import commons_url, hash_path, image_key  # noqa: E402
 
 UA = "wiki-image-topics-benchmark/0.1 (https://example.org/wiki-image-topics; bench@example.org)"
 
@@ -57,7 +57,7 @@ def make_images(root: Path, n: int, seed: int = 0) -> list[str]:
 
 def run_ours(base_url: str, titles: list[str], connections: int, work: Path) -> dict:
     from pipeline.config import load_settings
-    from pipeline.store import ImageStore
+    from pipeline.inputs.store import ImageStore
     from spark_jobs.shard_images import download
 
     settings = load_settings({

@@ -115,9 +115,8 @@ def generate(dumps: Path, n_cats: int, n_edges: int, n_links: int, seed: int = 0
 
 
 def parser_rate(dumps: Path) -> float:
-    """Single-core rows/s of pipeline.sqldump on the categorylinks dump (incl. gunzip)."""
-    from pipeline import sqldump
-
+    """Single-core rows/s of pipeline.labels.sqldump on the categorylinks dump (incl. gunzip)."""
+    from pipeline.labels import sqldump
     path = str(dumps / f"commonswiki-{DATE}-categorylinks.sql.gz")
     t0 = time.process_time()
     res = sqldump.parse_dump(path, ["cl_from", "cl_target_id", "cl_type"], keep_values=False)
@@ -134,7 +133,7 @@ def main() -> None:
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--keep", action="store_true", help="keep the generated dumps and outputs")
     ap.add_argument("--generator", choices=["sample", "fast"], default="sample",
-                    help="sample: `python -m pipeline sample --no-images` (realistic names, ~1.7 file links per "
+                    help="sample: `python -m devtools sample --no-images` (realistic names, ~1.7 file links per "
                          "file, ~2.9 parents per category); fast: this file's uniform writer with exact counts")
     args = ap.parse_args()
 
@@ -147,7 +146,7 @@ def main() -> None:
     n_cats, n_edges, n_links = (max(10, int(x * args.scale)) for x in (args.categories, args.edges, args.file_links))
     t = time.time()
     if args.generator == "sample":
-        from pipeline.sample.generator import generate_sample
+        from devtools.sample.generator import generate_sample
 
         summary = generate_sample(str(work / "sample"), seed=0, images=0, categories=n_cats,
                                   dump_date=DATE, with_images=False)
@@ -162,7 +161,7 @@ def main() -> None:
     settings = load_settings({"spark.master": args.master, "paths.dumps_dir": str(work / "dumps"),
                               "paths.data_root": str(work / "lake"), "paths.dump_date": DATE,
                               "paths.state_dir": str(work / "state")})
-    from pipeline.spark import get_spark
+    from pipeline.orchestration.spark import get_spark
 
     spark = get_spark(settings, "benchmark")
     cores = spark.sparkContext.defaultParallelism

@@ -2,7 +2,7 @@
 
 Times (a) the Spark stage ``spark_jobs.label_topics.run`` (labels of every
 category and file, written to Parquet, plus its statistics) and (b) the
-recursive oracle ``pipeline.traversal.Traversal`` in this one Python process
+recursive oracle ``pipeline.labels.traversal.Traversal`` in this one Python process
 (Parquet read with pyarrow, graph built in dicts, every file labeled), checks
 that both give the same file labels, and prints one JSON line.
 
@@ -65,7 +65,7 @@ def run_oracle(layout, taxonomy, heuristics: str) -> tuple[dict, dict]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.traversal import Traversal
+    from pipeline.labels.traversal import Traversal
 
     t0 = time.perf_counter()
     depth = pq.read_table(layout.category_depth, columns=["title", "hidden", "depth"])
@@ -126,8 +126,8 @@ def main() -> None:
                          "after the run with the default")
     args = ap.parse_args()
 
-    from pipeline.layout import Layout
-    from pipeline.taxonomy import Taxonomy
+    from pipeline.labels.taxonomy import Taxonomy
+    from pipeline.lake.layout import Layout
 
     work = Path(args.workdir)
     settings = _settings(work, args.master, args.taxonomy, args.heuristics)
@@ -145,7 +145,7 @@ def main() -> None:
     # (a) the Spark stage; the session starts before the clock
     import warnings
 
-    from pipeline.spark import get_spark
+    from pipeline.orchestration.spark import get_spark
     from spark_jobs import label_topics
 
     spark = get_spark(settings, "label-benchmark")

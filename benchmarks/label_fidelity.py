@@ -1,6 +1,6 @@
 """How faithfully the traversal rules reproduce the original labeling, on the real subgraph.
 
-Two measures, both with the plain recursive rules of ``pipeline/traversal.py``
+Two measures, both with the plain recursive rules of ``pipeline/labels/traversal.py``
 (the Spark stage equals them; the tests check that):
 
 * dev files: of the 155 files of ``dev_files_v1.3.parquet``, how many get
@@ -27,9 +27,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.sqldump import parse_dump
-from pipeline.taxonomy import Taxonomy
-from pipeline.traversal import Traversal
+from pipeline.labels.sqldump import parse_dump
+from pipeline.labels.taxonomy import Taxonomy
+from pipeline.labels.traversal import Traversal
 
 PAD = "Zz depth pad"
 

@@ -1,10 +1,10 @@
 """Rules beyond ``refined``, scored against people on the development files (issue 20).
 
-Each rule adds to or filters the plain oracle's file labels (``pipeline/traversal.py``) on the real
-subgraph; ``pipeline.label_quality`` scores them against ``dev_human.parquet`` as the product's
+Each rule adds to or filters the plain oracle's file labels (``pipeline/labels/traversal.py``) on the real
+subgraph; ``pipeline.labels.quality`` scores them against ``dev_human.parquet`` as the product's
 ``label-quality`` command does (micro F1, and its spread over the same 5 folds). Two of them (Diagrams
 for drawings with STEM, People from births/deaths parents) held on a held-out set and are in the
-product as the ``refined-rules`` labeler, whose rules are data (``pipeline/taxonomies/rules``); its
+product as the ``refined-rules`` labeler, whose rules are data (``pipeline/labels/taxonomies/rules``); its
 row here is the product's oracle with those files, and must equal "refined + both (births/deaths)".
 
     python benchmarks/label_rules.py [--graph ../shared/commons_realgraph]
@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from label_fidelity import load_graph  # noqa: E402
 
-from pipeline.label_quality import fold_of, fold_spread, read_human_labels, score  # noqa: E402
-from pipeline.taxonomy import Taxonomy  # noqa: E402
-from pipeline.traversal import Traversal  # noqa: E402
+from pipeline.labels.quality import fold_of, fold_spread, read_human_labels, score  # noqa: E402
+from pipeline.labels.taxonomy import Taxonomy  # noqa: E402
+from pipeline.labels.traversal import Traversal  # noqa: E402
 
 DRAWING_FORMATS = {"png", "svg", "gif"}
 # Parents that mark a category as one person's (Commons' infobox categories).

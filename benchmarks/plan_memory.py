@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def write(rows: int, work: Path) -> None:
     from pipeline.config import load_settings
-    from pipeline.spark import get_spark
+    from pipeline.orchestration.spark import get_spark
     from spark_jobs import shard_images
 
     spark = get_spark(load_settings({"spark.master": "local[2]", "paths.state_dir": str(work / "state")}), "plan")
@@ -40,7 +40,6 @@ def write(rows: int, work: Path) -> None:
 
 def read(path: str, reader: str, pause_ms: float) -> dict:
     import pyarrow.dataset as ds
-
     from scale import peak_rss_mb  # this folder's scale benchmark: the process's VmHWM
 
     from spark_jobs.shard_images import TODO_COLUMNS, iter_plan

@@ -1,7 +1,7 @@
 """How fast one core turns Commons-like images into shard JPEGs, and how many bytes a thumbnail saves.
 
 Generates realistic 1-4 MP JPEGs and PNGs (noise + gradients + shapes), then
-times ``pipeline.imaging.resize_to_jpeg`` (decode + EXIF + crop/resize +
+times ``pipeline.features.imaging.resize_to_jpeg`` (decode + EXIF + crop/resize +
 encode) in this single process. Prints one JSON object.
 
     python -m benchmarks.resize_benchmark --images 20 --size 64
@@ -18,7 +18,7 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.imaging import resize_to_jpeg
+from pipeline.features.imaging import resize_to_jpeg
 
 
 def synth(rng: np.random.Generator, megapixels: float) -> Image.Image:

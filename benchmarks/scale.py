@@ -1,12 +1,12 @@
 """Cost against size: the data stages on Commons-shaped dumps at 1%, 3% and 10% of Commons.
 
-For each fraction f, the sample generator (``python -m pipeline sample --no-images``) writes dumps
+For each fraction f, the sample generator (``python -m devtools sample --no-images``) writes dumps
 with f x 11M categories (edges, files, links, hidden categories and redirects in the generator's
 proportions, printed per size) and a WIT with f x 3.9M English Commons images. Then ``ingest``,
 ``graph``, ``label`` and ``wit`` run one after the other, each in its own process as the DAG runs
 them, with Spark's event log on; then ``shard`` with at most ``--images`` downloads
 (``shard.max_downloads``) from a local server that draws each image on the fly
-(``pipeline.sample.server``, ``render=True``: no image files on disk), ``train`` (one epoch at 32 px,
+(``devtools.sample.server``, ``render=True``: no image files on disk), ``train`` (one epoch at 32 px,
 only so that ``infer`` has a model) and ``infer``. Per stage and size it records:
 
 - wall time, and the CPU the stage's process tree used (user + system, driver and JVM);
@@ -58,7 +58,7 @@ def _overrides(work: Path, master: str) -> dict:
 
 
 def generate(work: Path, fraction: float, seed: int) -> dict:
-    from pipeline.sample.generator import generate_sample
+    from devtools.sample.generator import generate_sample
 
     t = time.time()
     out = generate_sample(str(work / "sample"), seed=seed, images=round(fraction * WIT_EN_IMAGES),
@@ -77,7 +77,7 @@ def shape(data_root: str, dump_date: str) -> dict:
     import pyarrow.parquet as pq
 
     from pipeline.config import load_settings
-    from pipeline.layout import Layout
+    from pipeline.lake.layout import Layout
 
     layout = Layout.from_settings(load_settings({"paths.data_root": data_root, "paths.dump_date": dump_date}))
     cats = pq.read_table(layout.ingest("categories"), columns=["hidden", "is_redirect"])
@@ -153,7 +153,7 @@ def peak_rss_mb() -> int:
 def child(stage: str, work: Path, master: str, extra: dict) -> None:
     """In the stage's own process: run it, stop Spark, reap the JVM, print the process's resource use."""
     from pipeline.config import load_settings
-    from pipeline.stages import STAGES as ALL
+    from pipeline.orchestration.stages import STAGES as ALL
 
     settings = load_settings({**_overrides(work, master), **extra})
     t = time.time()
@@ -173,7 +173,7 @@ def child(stage: str, work: Path, master: str, extra: dict) -> None:
 
 def image_stages(work: Path, fraction: float, categories: int, master: str, images: int) -> list[dict]:
     """shard (at most ``images`` downloads, from a server that draws them), train (tiny), infer."""
-    from pipeline.sample import server
+    from devtools.sample import server
 
     empty = work / "no-files"
     empty.mkdir(exist_ok=True)

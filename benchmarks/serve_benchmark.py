@@ -53,8 +53,8 @@ def stored_images(data_root: str, dump_date: str | None, n: int) -> list[str]:
 
     sys.path.insert(0, str(ROOT))
     from pipeline.config import load_settings
-    from pipeline.layout import Layout
-    from pipeline.store import read_payload, store_root
+    from pipeline.inputs.store import read_payload, store_root
+    from pipeline.lake.layout import Layout
 
     overrides = {"paths.data_root": data_root, **({"paths.dump_date": dump_date} if dump_date else {})}
     settings = load_settings(overrides)

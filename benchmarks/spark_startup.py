@@ -25,7 +25,7 @@ CHILD = """
 import json, time
 t0 = time.perf_counter()
 from pipeline.config import load_settings
-from pipeline.spark import get_spark
+from pipeline.orchestration.spark import get_spark
 s = get_spark(load_settings({"spark.master": "local[2]", "paths.state_dir": %(state)r}), "bench")
 t1 = time.perf_counter()
 s.range(1000).selectExpr("id %% 7 as k").groupBy("k").count().collect()
@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--archive", required=True, help="an archive written by python -m pipeline spark-archive")
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    from pipeline.spark import archive_options
+    from pipeline.orchestration.spark import archive_options
 
     archive = os.path.abspath(args.archive)
     if not archive_options(archive):

@@ -27,13 +27,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.texts import DEFAULT_FIELDS  # noqa: E402
+from pipeline.features.texts import DEFAULT_FIELDS  # noqa: E402
 
 
 def _model(backbone, size, labels, lr, jit, inputs="image"):
     import keras
 
-    from pipeline.texts import TextEncoding
+    from pipeline.features.texts import TextEncoding
     from training.losses import make_loss
     from training.model import build_model
 
@@ -47,7 +47,7 @@ def _model(backbone, size, labels, lr, jit, inputs="image"):
 
 def _synthetic(inputs, n, size, labels):
     """Random images and token ids (about a third padding, as short captions leave), random labels."""
-    from pipeline.texts import TextEncoding
+    from pipeline.features.texts import TextEncoding
 
     rng = np.random.default_rng(0)
     fields, tokens = TextEncoding(DEFAULT_FIELDS).shape
@@ -83,7 +83,7 @@ def bench_synthetic(backbone, size, batch, steps, labels, jit, inputs="image") -
 
 def bench_shards(index_path, store, backbone, size, batch, steps, labels, hierarchical, workers, jit,
                  inputs="image") -> dict:
-    from pipeline.texts import TextEncoding
+    from pipeline.features.texts import TextEncoding
     from training import data
 
     index = data.read_index(index_path, "train", labels, hierarchical, store)
@@ -106,7 +106,7 @@ def bench_shards(index_path, store, backbone, size, batch, steps, labels, hierar
 def bench_paired(modes, backbone, size, batch, steps, labels, jit, rounds, index_path="", store="",
                  hierarchical=True, workers=2) -> dict:
     """Per-step time of modes[1] over modes[0], trained in turn (module docstring)."""
-    from pipeline.texts import TextEncoding
+    from pipeline.features.texts import TextEncoding
     from training import data
 
     n = batch * steps

@@ -12,11 +12,16 @@ fingerprint says its output is up to date for that date, the run
 short-circuits: every later task is skipped. Otherwise each stage itself
 skips when its own inputs did not change. The ``force`` param runs them all.
 
-``train`` and ``infer`` run in the GPU pool and queue (``WIKI_TOPICS_GPU_POOL``,
-default ``gpu``). ``infer`` predicts with the version the champion gate left
-as champion, never simply the model just trained. Every stage adds the exact
-location of its output to its asset alias ``wiki_image_topics.<stage>``, so
-downstream DAGs can be scheduled on, for example, the predictions.
+The tasks and their dependencies come from the stages' records
+(``pipeline.orchestration.stages``): a stage waits for its upstream stages and
+for those it takes a setting from (``infer`` predicts with the version the
+champion gate of ``train`` left, never simply the model just trained), so
+stages that need nothing of each other run side by side. Each record also gives
+its task's pool and queue (``train`` and ``infer``: the GPU pool,
+``WIKI_TOPICS_GPU_POOL``, default ``gpu``), its timeout
+(``WIKI_TOPICS_TIMEOUT_HOURS_<STAGE>`` overrides) and its asset alias
+``wiki_image_topics.<stage>``, so downstream DAGs can be scheduled on, for
+example, the predictions.
 """
 
 from __future__ import annotations
@@ -32,27 +37,13 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's packages
 
-from pipeline import fetch as fetch_stage  # noqa: E402
-from pipeline import lineage  # noqa: E402
 from pipeline.config import load_settings  # noqa: E402
-from pipeline.stage_operator import StageOperator, param_overrides  # noqa: E402
-from pipeline.stages import GPU_POOL, GPU_QUEUE, GPU_STAGES  # noqa: E402
+from pipeline.inputs import fetch as fetch_stage  # noqa: E402
+from pipeline.orchestration import lineage  # noqa: E402
+from pipeline.orchestration.operator import StageOperator, param_overrides  # noqa: E402
+from pipeline.orchestration.stages import STAGES  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-# Upper bounds at full scale (3.9M images, 11M categories); WIKI_TOPICS_TIMEOUT_HOURS_<STAGE> overrides.
-TIMEOUT_HOURS = {"fetch": 6, "ingest": 4, "graph": 2, "label": 4, "wit": 2, "shard": 48, "train": 24,
-                 "infer": 12, "report": 2}
-
-
-def _timeout(stage: str) -> timedelta:
-    return timedelta(hours=float(os.environ.get(f"WIKI_TOPICS_TIMEOUT_HOURS_{stage.upper()}", TIMEOUT_HOURS[stage])))
-
-
-def _stage(stage: str, date, **kwargs) -> StageOperator:
-    gpu = {"pool": GPU_POOL, "queue": GPU_QUEUE} if stage in GPU_STAGES else {}
-    return StageOperator(task_id=stage, stage=stage, dump_date=date, execution_timeout=_timeout(stage),
-                         **gpu, **kwargs)
 
 
 @dag(
@@ -94,11 +85,10 @@ def wiki_topics():
         return date
 
     date = resolve_dump()
-    tasks = [_stage(s, date) for s in ("fetch", "ingest", "graph", "label", "wit", "shard", "train")]
-    infer = _stage("infer", date, model_uri="{{ ti.xcom_pull(task_ids='train')['champion_uri'] }}")
-    report = _stage("report", date)
-    for up, down in zip(tasks + [infer], tasks[1:] + [infer, report]):
-        up >> down
+    tasks = {name: StageOperator(task_id=name, stage=name, dump_date=date) for name in STAGES}
+    for name, stage in STAGES.items():
+        for needed in stage.needs:
+            tasks[needed] >> tasks[name]
 
 
 wiki_topics()

@@ -16,12 +16,15 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.texts import DEFAULT_FIELDS
+from pipeline.features.texts import DEFAULT_FIELDS
+
+# The checkout (or image folder) whose packages launched stages and Spark executors import.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(name: str, default, changes_outputs: bool = True, **kw):
     """A setting read from environment variable ``name``; ``changes_outputs=False`` keeps it out of the
-    stages' fingerprints (``pipeline.lineage``): changing it reruns nothing."""
+    stages' fingerprints (``pipeline.orchestration.lineage``): changing it reruns nothing."""
     return field(default=default, metadata={"env": name, "changes_outputs": changes_outputs}, **kw)
 
 
@@ -74,7 +77,7 @@ class SparkConfig:
     # Uncompressed bytes per chunk when a non-splittable .sql.gz is cut for parallel parsing.
     dump_chunk_bytes: int = _env("DUMP_CHUNK_BYTES", 64 * 1024 * 1024)
     # Threads with which the driver decodes each .sql.gz once to index it (rapidgzip);
-    # 0: all its cores from 4 up, else 1 (see pipeline.sqldump.decode_threads).
+    # 0: all its cores from 4 up, else 1 (see pipeline.labels.sqldump.decode_threads).
     dump_decode_threads: int = _env("DUMP_DECODE_THREADS", 0)
     # Share of rejected rows above which a stage fails (0.0001 = 0.01%).
     max_reject_share: float = _env("MAX_REJECT_SHARE", 0.0001)
@@ -102,7 +105,7 @@ class LabelConfig:
     heuristics: str = _env("HEURISTICS", "refined-rules")
     root: str = _env("COMMONS_ROOT", "CommonsRoot")
     # A table of people's labels (columns as ../shared/commons_realgraph/dev_human.parquet): the
-    # stage then logs how well its labels agree with them (pipeline.label_quality). Scoring only.
+    # stage then logs how well its labels agree with them (pipeline.labels.quality). Scoring only.
     human_labels: str = _env("HUMAN_LABELS", "", changes_outputs=False)
     # Once the categories still to label have at most this many proposals, one Spark task labels
     # them all in dependency order (its memory grows with this number: about 0.5 GB of Python at
@@ -190,9 +193,9 @@ class TrainConfig:
     # "flat" (sigmoid head) or "chmcnn" (C-HMCNN(h) max-constraint head + MCLoss; needs hierarchical labels).
     head: str = _env("MODEL_HEAD", "flat")
     jit_compile: bool = _env("JIT_COMPILE", False)
-    # What the model reads: "image" (pixels), "text" (the image's texts, pipeline.texts) or "image+text".
+    # What the model reads: "image" (pixels), "text" (the image's texts, pipeline.features.texts) or "image+text".
     inputs: str = _env("MODEL_INPUTS", "image")
-    # Text fields, in order (pipeline.texts.FIELDS). Never the categories: the labels come from them.
+    # Text fields, in order (pipeline.features.texts.FIELDS). Never the categories: the labels come from them.
     text_fields: str = _env("TEXT_FIELDS", DEFAULT_FIELDS)
     # Hashed vocabulary (words and character trigrams), tokens kept per field, embedding width.
     text_vocab: int = _env("TEXT_VOCAB", 32768)

@@ -6,11 +6,3 @@ class StageError(Exception):
         self.stage, self.path, self.message = stage, path, message
         super().__init__(f"[{stage}] {path}: {message}")
 
-
-def require_input(stage: str, path: str, what: str = "input") -> str:
-    """Fail with a StageError when an input path is missing."""
-    from pipeline.atomic import exists
-
-    if not exists(path):
-        raise StageError(stage, path, f"missing {what} (did the previous stage run for this dump date?)")
-    return path

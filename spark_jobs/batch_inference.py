@@ -5,8 +5,8 @@ alias, resolved once to one version; the DAG passes the version the gate left
 as champion) is downloaded once by the driver and shipped to executors as a zip with ``SparkContext.addArchive``.
 It reads the run's image index (``Layout.image_index``); each task takes the
 images of some store shards, reads their bytes by offset, preprocesses them
-as training did (``pipeline.imaging.preprocess``, at the model's input size),
-encodes their texts as training did (``pipeline.texts``, when the model reads
+as training did (``pipeline.features.imaging.preprocess``, at the model's input size),
+encodes their texts as training did (``pipeline.features.texts``, when the model reads
 them) and predicts in batches; the driver only counts. Images without bytes (their
 download failed) get a row too, with their status and null probabilities, or,
 for a model that reads words, probabilities from the words alone; so the
@@ -19,13 +19,13 @@ import os
 import shutil
 import tempfile
 
-from pipeline.atomic import write_spark
-from pipeline.errors import StageError, require_input
-from pipeline.layout import Layout
-from pipeline.spark import get_spark
-from pipeline.store import store_root
-from pipeline.taxonomy import Taxonomy
-from pipeline.texts import TEXT_COLUMNS
+from pipeline.errors import StageError
+from pipeline.features.texts import TEXT_COLUMNS
+from pipeline.inputs.store import store_root
+from pipeline.labels.taxonomy import Taxonomy
+from pipeline.lake.atomic import require_input, write_spark
+from pipeline.lake.layout import Layout
+from pipeline.orchestration.spark import get_spark
 
 STAGE = "infer"
 BATCH = 256
@@ -37,8 +37,7 @@ def resolve_model(settings) -> tuple[str, str]:
     """(exact model URI, version) of the model to use: an alias is resolved once, here, to one version."""
     from mlflow import MlflowClient
 
-    from pipeline import tracking
-
+    from pipeline.orchestration import tracking
     tracking.configure(settings)
     uri = settings.tracking.model_uri or f"models:/{tracking.model_name(settings)}@champion"
     client = MlflowClient()
@@ -56,7 +55,7 @@ def resolve_model(settings) -> tuple[str, str]:
 
 
 def model_inputs(settings) -> dict:
-    """What the predictions depend on beyond the images: the exact model version (for ``pipeline.lineage``)."""
+    """What the predictions depend on beyond the images: the exact model version (for ``pipeline.orchestration.lineage``)."""
     return {"model_uri": resolve_model(settings)[0]}
 
 
@@ -72,17 +71,17 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
     """mapInPandas body: index rows (key, shard, offset, size, texts) in, one row of probabilities per image out.
 
     Rows arrive grouped by shard and in offset order, so each task reads its
-    tars front to back; images go through ``pipeline.imaging.preprocess`` at the
+    tars front to back; images go through ``pipeline.features.imaging.preprocess`` at the
     model's own input size, whatever the settings say, and texts through the
-    model's own text encoding (``pipeline.texts``), as in training.
+    model's own text encoding (``pipeline.features.texts``), as in training.
     """
     import numpy as np
     import pandas as pd
     from pyspark import SparkFiles
 
-    from pipeline.imaging import ImageError, preprocess
-    from pipeline.store import read_payload
-    from pipeline.texts import has_text
+    from pipeline.features.imaging import ImageError, preprocess
+    from pipeline.features.texts import has_text
+    from pipeline.inputs.store import read_payload
 
     predictor = _predictor(SparkFiles.get(model_name))
     for pdf in batches:

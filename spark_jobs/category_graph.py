@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 from functools import reduce
 
-from pipeline import atomic
 from pipeline.config import Settings
-from pipeline.errors import StageError, require_input
-from pipeline.layout import Layout
+from pipeline.errors import StageError
+from pipeline.lake import atomic
+from pipeline.lake.atomic import require_input
+from pipeline.lake.layout import Layout
 
 STAGE = "graph"
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def compute_depth(spark, categories_df, edges_df, root: str):
 def run(settings: Settings) -> dict:
     from pyspark.sql import functions as F
 
-    from pipeline.spark import get_spark
+    from pipeline.orchestration.spark import get_spark
 
     layout = Layout.from_settings(settings)
     cats_path = require_input(STAGE, layout.ingest("categories"), "ingest categories")

@@ -1,5 +1,5 @@
-"""Stage `report`: the data study of the run (``pipeline.study``) as one self-contained HTML page
-(``pipeline.report``), with its figures as PNG artifacts on an MLflow run.
+"""Stage `report`: the data study of the run (``pipeline.study.tables``) as one self-contained HTML page
+(``pipeline.study.report``), with its figures as PNG artifacts on an MLflow run.
 
 Spark aggregates every table; only results of a few dozen rows, the top images per label and their
 thumbnails (read by offset from the image store) reach the driver. With an earlier dump of the
@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline import report, study
-from pipeline.atomic import output_path
-from pipeline.layout import join
-from pipeline.spark import get_spark
-from pipeline.store import close_handles, store_root
+from pipeline.inputs.store import close_handles, store_root
+from pipeline.lake.atomic import output_path
+from pipeline.lake.layout import join
+from pipeline.orchestration.spark import get_spark
+from pipeline.study import report
+from pipeline.study import tables as study
 
 STAGE = "report"
 
@@ -52,8 +53,7 @@ def study_parts(spark, settings) -> tuple[study.Run, dict]:
 
 
 def run(settings) -> dict:
-    from pipeline import tracking
-
+    from pipeline.orchestration import tracking
     spark = get_spark(settings, STAGE)
     study_run, parts = study_parts(spark, settings)
     try:

@@ -5,7 +5,7 @@ A ``.sql.gz`` is one gzip stream, so it cannot be split by compressed offset. Th
 driver decodes each dump once on all its cores (rapidgzip) to find line-aligned
 chunk boundaries and leave a seek index under ``layout.ingest_staging`` (shared
 storage on a cluster); each Spark task then decodes its own range of the dump
-through that index, parses it with ``pipeline.sqldump`` and writes one Parquet
+through that index, parses it with ``pipeline.labels.sqldump`` and writes one Parquet
 file with pyarrow (columnar, no per-row Python -> JVM serialization). Nothing is
 copied, except for a damaged gzip, which ``sqldump.split_dump`` reads serially.
 DataFrame joins then build the output tables.
@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 
-from pipeline import atomic
 from pipeline.config import Settings
 from pipeline.errors import StageError
-from pipeline.layout import Layout, join
+from pipeline.lake import atomic
+from pipeline.lake.layout import Layout, join
 
 STAGE = "ingest"
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ def parse_task(task: dict) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline import sqldump
-
+    from pipeline.labels import sqldump
     schema = sqldump.Schema(task["schema_table"], tuple(task["columns"]), tuple(task["types"]))
     chunk = sqldump.Chunk(**task["chunk"])
     wanted = task["wanted"]
@@ -125,8 +124,7 @@ def _write_sorted(df, path: str, keys: list[str], partitions: int) -> str:
 
 
 def _split_all(layout: Layout, settings: Settings, tables: list[str]):
-    from pipeline import sqldump
-
+    from pipeline.labels import sqldump
     staging = layout.ingest_staging
     splits = {}
     for table in tables:
@@ -215,9 +213,9 @@ def run(settings: Settings) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipeline import sqldump
-    from pipeline.errors import require_input
-    from pipeline.spark import get_spark
+    from pipeline.labels import sqldump
+    from pipeline.lake.atomic import require_input
+    from pipeline.orchestration.spark import get_spark
 
     layout = Layout.from_settings(settings)
     for table in REQUIRED:

@@ -1,6 +1,6 @@
 """Stage ``label``: topic labels for every category and file, by the traversal heuristics.
 
-The rules are those of ``pipeline/traversal.py`` (the recursive oracle). What
+The rules are those of ``pipeline/labels/traversal.py`` (the recursive oracle). What
 each category proposes to query is computed by the oracle's own function
 (``candidate_queries``), category by category in Python tasks, after Spark
 has joined every edge with what is known of its parent. Instead of
@@ -25,16 +25,23 @@ from __future__ import annotations
 import logging
 import warnings
 
-from pipeline import label_quality
-from pipeline.atomic import write_json, write_spark
 from pipeline.config import Settings
-from pipeline.errors import StageError, require_input
-from pipeline.heads import NULL_HEADS, P_NUMBER, with_head
-from pipeline.label_masks import check_size, combo_stats, label_sets, labels_to_mask, seed_masks, with_label_arrays
-from pipeline.label_rules import LabelRules
-from pipeline.layout import Layout
-from pipeline.taxonomy import Taxonomy
-from pipeline.traversal import parse_labeler
+from pipeline.errors import StageError
+from pipeline.labels import quality as label_quality
+from pipeline.labels.heads import NULL_HEADS, P_NUMBER, with_head
+from pipeline.labels.masks import (
+    check_size,
+    combo_stats,
+    label_sets,
+    labels_to_mask,
+    seed_masks,
+    with_label_arrays,
+)
+from pipeline.labels.rules import LabelRules
+from pipeline.labels.taxonomy import Taxonomy
+from pipeline.labels.traversal import parse_labeler
+from pipeline.lake.atomic import require_input, write_json, write_spark
+from pipeline.lake.layout import Layout
 
 STAGE = "label"
 log = logging.getLogger(__name__)
@@ -69,7 +76,7 @@ def propose_in_order(batches, heuristics: list[str]):
     """
     import pyarrow as pa
 
-    from pipeline.traversal import candidate_queries
+    from pipeline.labels.traversal import candidate_queries
 
     schema = pa.schema([("child", pa.string()), ("child_depth", pa.int32()), ("target", pa.string()),
                         ("rank", pa.int32()), ("key", pa.string())])
@@ -260,7 +267,7 @@ def category_masks(spark, depth_df, edges_df, taxonomy: Taxonomy, heuristics, co
     the proposals at the fewest hops. Once the categories still to label have
     at most ``tail_proposals`` proposals, ``finish_in_order`` labels them in
     one task. A labeler with rules (``refined-rules``) adds what its parent
-    rules give (``pipeline.label_rules``) at the end, unpropagated.
+    rules give (``pipeline.labels.rules``) at the end, unpropagated.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -432,7 +439,7 @@ def missing_seeds(depth_df, taxonomy: Taxonomy) -> list[str]:
 def run(settings: Settings) -> dict:
     from pyspark.sql import functions as F
 
-    from pipeline.spark import get_spark
+    from pipeline.orchestration.spark import get_spark
 
     layout = Layout.from_settings(settings)
     taxonomy = Taxonomy.load(settings.label.taxonomy)

@@ -1,6 +1,6 @@
 """Stage ``shard``: bring the run's WIT images into the image store, then index the run.
 
-1. **Plan (Spark).** The run's WIT images that the store (``pipeline.store``)
+1. **Plan (Spark).** The run's WIT images that the store (``pipeline.inputs.store``)
    does not have: never attempted, or last attempt transient (timeout, 429,
    5xx, reset) when ``shard.retry_transient``. A second dump date with the
    same WIT plans nothing.
@@ -8,8 +8,8 @@
    HTTP client: at most ``per_host_concurrency`` requests per host and one
    bandwidth bucket, so both caps hold for the whole cluster (and at most
    ``shard.max_downloads`` images a run, in image_key order); the User-Agent,
-   Retry-After and every failure status as in ``pipeline.download``. Each
-   image is checked and kept as fetched (``pipeline.imaging.store_image``)
+   Retry-After and every failure status as in ``pipeline.inputs.download``. Each
+   image is checked and kept as fetched (``pipeline.features.imaging.store_image``)
    and appended to new store shards; nothing already stored is rewritten.
    Holds the store's lock, so two runs on one store never interleave.
 3. **Index (Spark).** The run's images (split, labels, multi-hot) joined with
@@ -26,14 +26,20 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from pipeline.atomic import filesystem, write_spark
 from pipeline.config import Settings
-from pipeline.errors import require_input
-from pipeline.layout import Layout, join
-from pipeline.spark import get_spark
-from pipeline.store import Attempt, ImageStore, image_settings, is_transient, store_root, transient_col
-from pipeline.texts import TEXT_COLUMNS
-from pipeline.wit import UPLOAD_BASE, is_commons_url
+from pipeline.features.texts import TEXT_COLUMNS
+from pipeline.inputs.store import (
+    Attempt,
+    ImageStore,
+    image_settings,
+    is_transient,
+    store_root,
+    transient_col,
+)
+from pipeline.inputs.wit import UPLOAD_BASE, is_commons_url
+from pipeline.lake.atomic import filesystem, require_input, write_spark
+from pipeline.lake.layout import Layout, join
+from pipeline.orchestration.spark import get_spark
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +86,8 @@ class Progress:
 
 def fetch_one(row: dict, shard_cfg, downloader) -> Attempt:
     """Download one image and check it; never raises for a bad image (its status says why)."""
-    from pipeline.download import source_url, standard_width
-    from pipeline.imaging import ImageError, store_image
+    from pipeline.features.imaging import ImageError, store_image
+    from pipeline.inputs.download import source_url, standard_width
 
     key, title = row["image_key"], row["file_title"]
     image_url = _str(row.get("image_url"))
@@ -112,7 +118,7 @@ def download(rows, total: int, settings: Settings, store: ImageStore) -> dict:
     A bounded number of images is in flight (``4 x threads``), so memory does
     not grow with the plan; results are written as they complete.
     """
-    from pipeline.download import Downloader, thread_count
+    from pipeline.inputs.download import Downloader, thread_count
 
     cfg = settings.shard
     threads = thread_count(cfg)
@@ -154,7 +160,7 @@ def current_manifest(spark, store: ImageStore):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from pipeline.store import manifest_schema
+    from pipeline.inputs.store import manifest_schema
 
     files = store.manifest_files()
     if not files:
@@ -234,9 +240,9 @@ def iter_plan(path: str, batch_size: int = 2048):
 def run(settings: Settings) -> dict:
     from pyspark.sql import functions as F
 
-    from pipeline import atomic
-    from pipeline.download import check_user_agent
-    from pipeline.taxonomy import Taxonomy
+    from pipeline.inputs.download import check_user_agent
+    from pipeline.labels.taxonomy import Taxonomy
+    from pipeline.lake import atomic
 
     layout = Layout.from_settings(settings)
     src = require_input(STAGE, layout.wit_images, "wit images (from the wit stage)")

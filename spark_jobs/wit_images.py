@@ -16,13 +16,10 @@ import gzip
 
 import fsspec
 
-from pipeline.atomic import write_spark
 from pipeline.config import Settings
-from pipeline.errors import StageError, require_input
-from pipeline.fetch import wit_file_problem
-from pipeline.layout import Layout, join
-from pipeline.spark import get_spark
-from pipeline.wit import (
+from pipeline.errors import StageError
+from pipeline.inputs.fetch import wit_file_problem
+from pipeline.inputs.wit import (
     WIT_COLUMNS,
     WIT_GLOB,
     commons_url_col,
@@ -30,6 +27,9 @@ from pipeline.wit import (
     split_col,
     title_from_url_col,
 )
+from pipeline.lake.atomic import require_input, write_spark
+from pipeline.lake.layout import Layout, join
+from pipeline.orchestration.spark import get_spark
 
 STAGE = "wit"
 CORRUPT = "_corrupt_record"

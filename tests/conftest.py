@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pipeline.demo import SMALL_DATA_JVM
+from devtools.demo import SMALL_DATA_JVM
 
 # The tests' Spark jobs last seconds, as the demo's: a JVM that compiles less starts faster.
 # Set for the whole session, so stage subprocesses inherit it too.
@@ -30,7 +30,7 @@ def _mlflow_environment_restored():
 @pytest.fixture(scope="session")
 def spark():
     from pipeline.config import load_settings
-    from pipeline.spark import get_spark
+    from pipeline.orchestration.spark import get_spark
 
     s = load_settings({"spark.master": "local[2]", "spark.shuffle_partitions": "4"})
     session = get_spark(s, "tests")

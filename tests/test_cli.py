@@ -7,24 +7,37 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stages import ORDER
+from pipeline.orchestration.stages import ORDER
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(*args, tmp_path):
+def _run(*args, tmp_path, module="pipeline"):
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STATE_DIR": str(tmp_path / "state"),
              "DATA_ROOT": str(tmp_path / "data"), "SPARK_MASTER": "local[1]"},
     )
 
 
 def test_every_stage_has_help(tmp_path):
-    for stage in ORDER + ["sample", "demo", "serve"]:
+    for stage in ORDER + ["config", "label-quality", "spark-archive", "model-server"]:
         out = _run(stage, "--help", tmp_path=tmp_path)
         assert out.returncode == 0, out.stderr
         assert "usage:" in out.stdout
+
+
+def test_development_commands_live_apart(tmp_path):
+    """The sample, its servers, the demo and the local cluster are `python -m devtools` commands; the
+    product's CLI neither offers nor imports them."""
+    for command in ("sample", "demo", "serve", "spark-cluster"):
+        out = _run(command, "--help", tmp_path=tmp_path, module="devtools")
+        assert out.returncode == 0 and "usage:" in out.stdout, out.stderr
+        assert _run(command, "--help", tmp_path=tmp_path).returncode == 2
+    code = ("import sys; from pipeline.__main__ import build_parser; build_parser(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'devtools'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_config_prints_resolved_settings(tmp_path):

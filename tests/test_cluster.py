@@ -1,6 +1,6 @@
 """The Spark stages on a real Spark standalone cluster: a master and two workers started on 127.0.0.1
 from the pip-installed PySpark, each worker in its own working directory and without the project
-on its path. The driver ships the project's code (``pipeline.spark.ship_project``); the stages'
+on its path. The driver ships the project's code (``pipeline.orchestration.spark.ship_project``); the stages'
 outputs equal those of ``local[*]`` row for row."""
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.layout import Layout
-from pipeline.spark_cluster import StandaloneCluster
-from pipeline.stages import PROJECT_ROOT
+from devtools.spark_cluster import StandaloneCluster
+from pipeline.config import PROJECT_ROOT, load_settings
+from pipeline.lake.layout import Layout
 from spark_jobs import category_graph, ingest_dumps, label_topics, wit_images
 
 DATE = "20260101"
@@ -32,7 +31,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    from pipeline.sample.generator import generate_sample
+    from devtools.sample.generator import generate_sample
 
     out = tmp_path_factory.mktemp("sample") / "sample"
     generate_sample(str(out), seed=11, images=80, categories=150, dump_date=DATE, with_images=False)
@@ -85,7 +84,7 @@ def test_executors_import_the_shipped_project_not_the_checkout(cluster, tmp_path
     script = f"""
 import json, os, sys
 from pipeline.config import load_settings
-from pipeline.spark import get_spark
+from pipeline.orchestration.spark import get_spark
 import time
 spark = get_spark(load_settings({{"spark.master": {cluster.master_url!r}, "paths.state_dir": {str(tmp_path)!r}}}), "probe")
 deadline = time.monotonic() + 120

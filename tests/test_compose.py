@@ -52,7 +52,7 @@ def test_wiring_between_services():
     for key in env:
         assert key.startswith(("AIRFLOW__", "MLFLOW_TRACKING_", "WIKI_TOPICS_")) or key in known, key
     # the DAG's GPU pool and queue are the ones the GPU worker serves and airflow-init creates
-    from pipeline.stages import GPU_POOL, GPU_QUEUE
+    from pipeline.orchestration.stages import GPU_POOL, GPU_QUEUE
 
     assert env["WIKI_TOPICS_GPU_POOL"] == GPU_POOL and env["WIKI_TOPICS_GPU_QUEUE"] == GPU_QUEUE
     assert f"airflow pools set {GPU_POOL} " in services["airflow-init"]["command"][-1]
@@ -219,8 +219,8 @@ def test_the_mlflow_server_refuses_requests_without_the_admin_password(tmp_path)
         assert get("admin:s3cret-for-this-test", host="mlflow:5000") == 200
         assert get("admin:s3cret-for-this-test", host="evil.example:5000") == 403
         # the pipeline's clients sign in from a password file, as the compose services do
-        from pipeline import tracking
         from pipeline.config import load_settings
+        from pipeline.orchestration import tracking
 
         environ = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD_FILE": str(secrets / "mlflow_admin_password")}
         os.environ.update(environ)
@@ -294,10 +294,11 @@ def test_the_celery_executor_loads_and_outlives_the_longest_stage():
                          env={**os.environ, "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
                               "AIRFLOW_HOME": "/tmp/compose-airflow-home"})
     assert out.returncode == 0, out.stderr[-2000:]
-    from dags.wiki_topics import TIMEOUT_HOURS
+    from pipeline.orchestration.stages import STAGES
 
     env = _compose()["services"]["airflow-worker"]["environment"]
-    assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > max(TIMEOUT_HOURS.values()) * 3600
+    longest = max(stage.timeout_hours for stage in STAGES.values())
+    assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) > longest * 3600
 
 
 def test_the_model_server_is_a_service_of_its_own_behind_a_token():

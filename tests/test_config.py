@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.config import load_settings
-from pipeline.layout import Layout
+from pipeline.lake.layout import Layout
 
 
 def test_defaults_are_embedded_engines():

@@ -16,8 +16,8 @@ def test_dag_imports_and_chains_every_stage(monkeypatch, tmp_path):
     dag = bag.dags["wiki_topics"]
     order = ["fetch", "ingest", "graph", "label", "wit", "shard", "train", "infer", "report"]
     assert sorted(dag.task_ids) == sorted(order + ["resolve_dump"])
-    for up, down in zip(order, order[1:]):
-        assert down in dag.get_task(up).downstream_task_ids
+    for up, down in zip(order, order[1:]):  # the product's order still holds, now derived from the records
+        assert up in dag.get_task(down).get_flat_relative_ids(upstream=True), (up, down)
     # the dump date is resolved once and handed to every stage
     assert dag.get_task("resolve_dump").downstream_task_ids == set(order)
     assert set(dag.params.keys()) >= {"dump_date", "taxonomy", "heuristics", "force"}
@@ -31,7 +31,7 @@ def test_dag_operations_pools_timeouts_and_assets(monkeypatch, tmp_path):
     from airflow.dag_processing.dagbag import DagBag
     from airflow.sdk import AssetAlias
 
-    from pipeline.stage_operator import StageOperator
+    from pipeline.orchestration.operator import StageOperator
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["wiki_topics"]
     stages = ["fetch", "ingest", "graph", "label", "wit", "shard", "train", "infer", "report"]
@@ -44,7 +44,7 @@ def test_dag_operations_pools_timeouts_and_assets(monkeypatch, tmp_path):
         gpu = stage in ("train", "infer")
         assert (task.pool == "gpu") == gpu and (task.queue == "gpu") == gpu, stage
     # inference uses the version the gate left as champion, not the model just trained
-    assert "champion_uri" in dag.get_task("infer").model_uri
+    assert dag.get_task("infer").taken == {"tracking.model_uri": "{{ ti.xcom_pull(task_ids='train')['champion_uri'] }}"}
     assert dag.get_task("resolve_dump").execution_timeout is not None
 
 
@@ -54,3 +54,19 @@ def test_dag_holds_no_business_logic():
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not {m for m in modules if m and m.split(".")[0] in {"pyspark", "keras", "tensorflow", "pandas", "spark_jobs", "training"}}
+
+
+def test_dag_dependencies_are_the_records(monkeypatch, tmp_path):
+    """Each stage task waits for exactly its record's upstream stages and those it takes a setting from,
+    plus the task that resolves the dump date: nothing hand-written in the DAG."""
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipeline.orchestration.stages import STAGES
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["wiki_topics"]
+    for name, stage in STAGES.items():
+        assert dag.get_task(name).upstream_task_ids == {"resolve_dump", *stage.needs}, name
+        assert dag.get_task(name).execution_timeout == stage.timeout
+    assert STAGES["infer"].needs == ("shard", "train") and STAGES["wit"].needs == ("fetch", "label")

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_settings
-from pipeline.download import (
-    standard_width,
+from pipeline.inputs.download import (
     Downloader,
     check_user_agent,
     parse_retry_after,
     rewrite_mirror,
     source_url,
+    standard_width,
 )
 
 UA = "wiki-image-topics-tests/0.1 (https://example.org/tests; tests@example.org)"

@@ -22,7 +22,7 @@ def _overrides(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory):
-    from pipeline.demo import run_demo
+    from devtools.demo import run_demo
 
     root = tmp_path_factory.mktemp("e2e")
     result = run_demo(overrides=_overrides(root), images=250, categories=300, seed=3, epochs=EPOCHS, runs=3)
@@ -83,14 +83,14 @@ def test_store_is_webdataset_without_labels_and_the_index_has_them(nights):
 
 
 def test_no_category_of_a_file_reaches_the_models_text_input(demo):
-    """The model reads the image index's texts (``pipeline.texts``): the WIT captions, article and
+    """The model reads the image index's texts (``pipeline.features.texts``): the WIT captions, article and
     section titles and the file name, never the category links the labels come from. On the sample no
     generated file's text names one of its categories; the hand-written fixture files may, in their
     own name and articles, as real ones do ("Kasteel van Gaasbeek 2019.jpg" in Kasteel van Gaasbeek)."""
     import pyarrow.parquet as pq
 
-    from pipeline import texts
-    from pipeline.sample.generator import FIXTURE_FILES
+    from devtools.sample.generator import FIXTURE_FILES
+    from pipeline.features import texts
 
     root, result = demo
     fixtures = {t for t, *_ in FIXTURE_FILES}
@@ -128,7 +128,7 @@ def test_mlflow_run_has_test_metrics_and_model(demo):
 def test_predictions_cover_every_image(demo):
     import pyarrow.parquet as pq
 
-    from pipeline.taxonomy import Taxonomy
+    from pipeline.labels.taxonomy import Taxonomy
 
     _, result = demo
     predictions = pq.read_table(result["predictions"]).to_pandas()
@@ -247,10 +247,10 @@ def test_a_changed_training_setting_reruns_train_and_leaves_the_stages_before_it
     """What a night would do after night 3 with one training setting changed, read off the records the
     DAG left: every stage before ``train`` is up to date, ``train`` is not because of its settings, and
     what comes after it names train's output (``report`` its fingerprint, ``infer`` the model)."""
-    from pipeline import lineage
+    from devtools.demo import SECOND_DUMP_DATE, training_env
     from pipeline.config import load_settings
-    from pipeline.demo import SECOND_DUMP_DATE, training_env
-    from pipeline.layout import Layout
+    from pipeline.lake.layout import Layout
+    from pipeline.orchestration import lineage
 
     root, outputs, _ = nights
     base = {**_overrides(root), "paths.dump_date": SECOND_DUMP_DATE}
@@ -283,7 +283,7 @@ def test_each_stage_published_the_exact_uri_of_its_output(nights):
 
 
 def test_the_report_has_every_study_section_and_the_second_says_what_changed(nights):
-    from pipeline.report import SECTIONS
+    from pipeline.study.report import SECTIONS
 
     root, outputs, table = nights
     first = outputs[0]["summaries"]["report"]
@@ -301,7 +301,7 @@ def test_the_report_renders_in_a_real_browser(nights):
     """Headless Chromium: every section there, every figure and thumbnail decoded, no console error."""
     import shutil
 
-    from pipeline.report import SECTIONS
+    from pipeline.study.report import SECTIONS
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

@@ -13,13 +13,15 @@ import zlib
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from pipeline import fetch
+from devtools.sample.dumps_server import WIT_PATH, DumpsServer, publish, publish_run
 from pipeline.config import load_settings
 from pipeline.errors import StageError
-from pipeline.sample.dumps_server import WIT_PATH, DumpsServer, publish, publish_run
-from pipeline.transfer import Expected, Transfers, gzip_end_error
+from pipeline.inputs import fetch
+from pipeline.inputs.transfer import Expected, Transfers, gzip_end_error
 
 ROOT = Path(__file__).resolve().parent.parent
 UA = "wiki-image-topics-tests/0.1 (https://example.org/tests; tests@example.org)"
@@ -29,7 +31,7 @@ TABLES = ("page", "categorylinks", "linktarget", "page_props", "redirect")
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    from pipeline.sample.generator import generate_sample
+    from devtools.sample.generator import generate_sample
 
     root = tmp_path_factory.mktemp("fetch")
     generate_sample(str(root / "sample"), seed=5, images=60, categories=80, with_images=False, dump_date=DATE)
@@ -64,7 +66,7 @@ def sha1(path) -> str:
 
 
 def test_latest_skips_in_progress_and_failed_runs_and_never_reads_latest_dir(server, tmp_path, caplog):
-    caplog.set_level(logging.INFO, "pipeline.fetch")
+    caplog.set_level(logging.INFO, "pipeline.inputs.fetch")
     s = make_settings(server, tmp_path)
     assert fetch.run_date(s) == DATE
     assert f"dump {IN_PROGRESS} is not complete" in caplog.text

@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections import defaultdict, deque
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from pipeline import atomic
 from pipeline.config import load_settings
 from pipeline.errors import StageError
+from pipeline.lake import atomic
 from spark_jobs import category_graph
 
 CAT_SCHEMA = "page_id long, title string, hidden boolean, is_redirect boolean"

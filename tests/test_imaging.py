@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.imaging import ImageError, resize_to_jpeg
+from pipeline.features.imaging import ImageError, resize_to_jpeg
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

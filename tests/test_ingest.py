@@ -218,7 +218,7 @@ def test_sql_cut_inside_an_intact_gzip_fails_the_stage_unless_salvaging(spark, t
     (b"INSERT INTO t VALUES (1);\n\n-- Dump completed\n", None),
 ])
 def test_unterminated_statement(text, cut):
-    from pipeline.sqldump import unterminated_statement
+    from pipeline.labels.sqldump import unterminated_statement
 
     assert unterminated_statement(text, len(text)) == cut
     # only a tail of the stream is looked at: offsets stay absolute

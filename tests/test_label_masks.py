@@ -1,11 +1,19 @@
 """Label masks in Spark columns == the same bit arithmetic in Python, for both taxonomies."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
-from pipeline.label_masks import ancestor_masks, hier_mask, label_stats, labels_to_mask, mask_to_labels
-from pipeline.taxonomy import Taxonomy
+from pipeline.labels.masks import (
+    ancestor_masks,
+    hier_mask,
+    label_stats,
+    labels_to_mask,
+    mask_to_labels,
+)
+from pipeline.labels.taxonomy import Taxonomy
 
 
 @pytest.mark.parametrize("version", ["v1.3", "v1.4"])

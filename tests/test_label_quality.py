@@ -1,4 +1,4 @@
-"""Scoring labels against people's (pipeline/label_quality.py): the figures equal scikit-learn's, the
+"""Scoring labels against people's (pipeline/labels/quality.py): the figures equal scikit-learn's, the
 table of people's labels is read strictly, and the refined labeler agrees with people better than
 headJ+depth on the development files of the real subgraph (the plain oracle; test_realgraph.py
 checks that Spark gives the oracle's labels)."""
@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from sklearn.metrics import precision_recall_fscore_support
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from pipeline import label_quality
 from pipeline.errors import StageError
-from pipeline.taxonomy import Taxonomy
+from pipeline.labels import quality as label_quality
+from pipeline.labels.taxonomy import Taxonomy
 
 REAL = Path(__file__).parent / "data" / "commons_realgraph"
 TAX = Taxonomy.load("v1.3")
@@ -97,7 +99,7 @@ def real_graph():
 
 @pytest.mark.parametrize("version", ["v1.3", "v1.4"])
 def test_refined_agrees_with_people_better_than_headj_depth(real_graph, version, report_metric):
-    from pipeline.traversal import Traversal
+    from pipeline.labels.traversal import Traversal
 
     categories, edges, files = real_graph
     taxonomy = Taxonomy.load(version)

@@ -1,4 +1,4 @@
-"""The label rules of refined-rules (pipeline/label_rules.py): each fires where it should and nowhere
+"""The label rules of refined-rules (pipeline/labels/rules.py): each fires where it should and nowhere
 else, Spark's expressions agree with the oracle's Python on the same cases, and a bad rules file is
 a clear error."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import label_rules
-from pipeline.label_rules import LabelRules, file_format
-from pipeline.taxonomy import Taxonomy, TaxonomyError
+from pipeline.labels import rules as label_rules
+from pipeline.labels.rules import LabelRules, file_format
+from pipeline.labels.taxonomy import Taxonomy, TaxonomyError
 
 V13, V14 = Taxonomy.load("v1.3"), Taxonomy.load("v1.4")
 
@@ -61,7 +61,7 @@ def test_spark_fires_exactly_where_the_oracle_does(spark):
     """The same cases through the Spark expressions the label stage uses."""
     from pyspark.sql import functions as F
 
-    from pipeline.label_masks import labels_to_mask
+    from pipeline.labels.masks import labels_to_mask
 
     rules = LabelRules.load(V13)
     people = rules.bit("People")
@@ -100,7 +100,7 @@ def test_a_bad_rules_file_is_a_clear_error(tmp_path, monkeypatch, text, message)
 
 
 def test_a_taxonomy_without_rules_cannot_use_refined_rules(tmp_path, monkeypatch):
-    from pipeline.traversal import Traversal
+    from pipeline.labels.traversal import Traversal
 
     monkeypatch.setattr(label_rules, "RULES_DIR", tmp_path)
     with pytest.raises(TaxonomyError, match="taxonomy v1.3 has no label rules"):
@@ -113,8 +113,8 @@ def test_the_rules_file_is_part_of_the_label_fingerprint(tmp_path, monkeypatch):
     only; refined's fingerprint does not read them."""
     import dataclasses
 
-    from pipeline import lineage
     from pipeline.config import load_settings
+    from pipeline.orchestration import lineage
 
     s = load_settings({"paths.data_root": str(tmp_path), "paths.dump_date": "20220220",
                        "label.heuristics": "refined-rules"})

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from pipeline.config import load_settings
 from pipeline.errors import StageError
-from pipeline.label_masks import label_sets, seed_masks, with_label_arrays
-from pipeline.layout import Layout
-from pipeline.taxonomy import Taxonomy
-from pipeline.traversal import Traversal, parse_labeler
+from pipeline.labels.masks import label_sets, seed_masks, with_label_arrays
+from pipeline.labels.taxonomy import Taxonomy
+from pipeline.labels.traversal import Traversal, parse_labeler
+from pipeline.lake.layout import Layout
 from spark_jobs import label_topics
 
 TAX = Taxonomy.load("v1.3")
@@ -201,7 +203,7 @@ def test_run_on_tiny_tables_warns_about_missing_seeds(spark, tmp_path):
 @pytest.fixture(scope="module")
 def sample_tables(spark, tmp_path_factory):
     """A small generated sample, ingested and graphed once: {depth, edges, links: (Parquet path, pandas)}."""
-    from pipeline.sample.generator import generate_sample
+    from devtools.sample.generator import generate_sample
     from spark_jobs import category_graph, ingest_dumps
 
     root = tmp_path_factory.mktemp("sample")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import lineage
-from pipeline.config import load_settings
-from pipeline.layout import Layout
-from pipeline.stages import PROJECT_ROOT, StageFailed, launch
+from pipeline.config import PROJECT_ROOT, load_settings
+from pipeline.lake.layout import Layout
+from pipeline.orchestration import lineage
+from pipeline.orchestration.runner import StageFailed, launch
 
 DATE = "20260101"
 
@@ -59,7 +59,7 @@ def _gone(pgid: int, timeout: float = 30) -> bool:
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory):
-    from pipeline.sample.generator import generate_sample
+    from devtools.sample.generator import generate_sample
 
     root = tmp_path_factory.mktemp("launch")
     generate_sample(str(root / "sample"), seed=5, images=60, categories=300, dump_date=DATE, with_images=False)
@@ -88,7 +88,7 @@ def clean(lake):
 
 
 def test_killing_a_task_kills_the_stage_group_and_a_retry_gives_the_same_output(lake, clean):
-    from pipeline.stage_operator import StageOperator
+    from pipeline.orchestration.operator import StageOperator
 
     root, env = lake
 
@@ -121,7 +121,7 @@ def test_killing_a_task_kills_the_stage_group_and_a_retry_gives_the_same_output(
 
 def test_a_sigkilled_launcher_takes_its_stage_along(lake):
     root, env = lake
-    code = ("import sys; from pipeline.stages import launch; "
+    code = ("import sys; from pipeline.orchestration.runner import launch; "
             f"launch('ingest', {{'paths.data_root': {str(root / 'orphan')!r}, 'paths.dump_date': '{DATE}'}}, "
             "on_start=lambda p: print('PGID', p.pid, flush=True))")
     launcher = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, env={**os.environ, **env},

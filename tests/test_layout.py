@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.config import load_settings
 from pipeline.errors import StageError
-from pipeline.layout import Layout, complete_dump_dates, resolve_dump_date
+from pipeline.lake.layout import Layout, complete_dump_dates, resolve_dump_date
 
 
 def _touch(folder, *names):

@@ -88,7 +88,7 @@ def test_max_constraint_and_mcloss():
 
 
 def test_taxonomy_ancestor_matrix_plugs_into_mcm():
-    from pipeline.taxonomy import Taxonomy
+    from pipeline.labels.taxonomy import Taxonomy
 
     tax = Taxonomy.load("v1.3")
     r = tax.ancestor_matrix()

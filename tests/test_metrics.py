@@ -2,8 +2,14 @@
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 
+from pipeline.labels import scores
 from training import metrics
 
 
@@ -41,7 +47,7 @@ def test_prf_matches_sklearn(problem, average):
     y, p, thr, _ = problem
     for cut in (0.5, thr):
         pred = (p >= cut).astype(int)
-        got = metrics.prf_summary(y, pred)
+        got = scores.prf_summary(y, pred)
         kw = dict(average=average, zero_division=0)
         assert got[f"precision_{average}"] == pytest.approx(precision_score(y, pred, **kw))
         assert got[f"recall_{average}"] == pytest.approx(recall_score(y, pred, **kw))

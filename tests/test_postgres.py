@@ -192,8 +192,8 @@ def test_airflow_on_postgres_runs_tasks_in_parallel_with_local_executor(postgres
 def test_mlflow_tracking_registry_and_champion_gate_on_postgres(postgres, tmp_path):
     import mlflow
 
-    from pipeline import tracking
     from pipeline.config import load_settings
+    from pipeline.orchestration import tracking
     from tests.test_registry import _finished_run, _scored
     from training import registry
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import sqldump
 from pipeline.config import load_settings
-from pipeline.layout import Layout
-from pipeline.taxonomy import Taxonomy
-from pipeline.traversal import Traversal
+from pipeline.labels import sqldump
+from pipeline.labels.taxonomy import Taxonomy
+from pipeline.labels.traversal import Traversal
+from pipeline.lake.layout import Layout
 from spark_jobs import category_graph, ingest_dumps, label_topics
 from tests.test_graph import python_bfs
 
@@ -188,8 +188,7 @@ def test_label_stage_scores_itself_against_people(real):
     assert stats["human_agreement"]["per_topic"]["Diagrams"]["support"] == 32
     assert "human_agreement" not in real["label"]  # not configured: nothing scored
     # scoring changes no output: the setting is not part of the stage's fingerprint
-    from pipeline import lineage
-
+    from pipeline.orchestration import lineage
     plain = dataclasses.replace(real["refined_settings"], label=dataclasses.replace(
         real["refined_settings"].label, human_labels=""))
     assert lineage.inputs(plain, "label") == lineage.inputs(real["refined_settings"], "label")
@@ -216,8 +215,8 @@ def test_labels_reproduce_the_original_ones(real, report_metric, record_property
 def test_study_shows_what_a_labeler_changed_against_headj_depth(real, spark, labeler):
     """The report's labeler section, on two labelings of the real subgraph, equals a plain
     pandas count over the two file_labels tables."""
-    from pipeline import report, study
-
+    from pipeline.study import report
+    from pipeline.study import tables as study
     layout = Layout.from_settings(real[f"{labeler}_settings"])
     baseline = study.baseline_layout(layout)
     assert baseline is not None and baseline.heuristics == "headJ+depth"

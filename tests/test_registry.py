@@ -4,8 +4,8 @@ import mlflow
 import mlflow.pyfunc
 import pytest
 
-from pipeline import tracking
 from pipeline.config import load_settings
+from pipeline.orchestration import tracking
 from training import registry
 
 
@@ -190,7 +190,7 @@ def test_a_sigkilled_run_is_reaped_by_the_next_stage_and_a_live_one_is_not(setti
     import subprocess
     import sys
 
-    code = ("import sys, time; from pipeline import tracking; from pipeline.config import load_settings; "
+    code = ("import sys, time; from pipeline.orchestration import tracking; from pipeline.config import load_settings; "
             "s = load_settings({'paths.state_dir': sys.argv[1]}, environ={}); tracking.configure(s); "
             "cm = tracking.start_run(run_name=sys.argv[2]); run = cm.__enter__(); "
             "print(run.info.run_id, flush=True); time.sleep(600)")

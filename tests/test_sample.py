@@ -15,9 +15,9 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from pipeline.sample import generator, mysqldump
-from pipeline.sample.wit import COLUMNS, hash_path, image_url
-from pipeline.taxonomy import Taxonomy
+from devtools.sample import generator, mysqldump
+from devtools.sample.wit import COLUMNS, hash_path, image_url
+from pipeline.labels.taxonomy import Taxonomy
 
 IMAGES, CATEGORIES = 200, 300
 
@@ -238,7 +238,7 @@ def test_dumps_agree_with_truth(sample):
         assert depth.get(title) == d, title
 
     # labels: the project's plain oracle of the traversal with the `depth` heuristic
-    from pipeline.traversal import Traversal
+    from pipeline.labels.traversal import Traversal
 
     tax = Taxonomy.load("v1.3")
     oracle = Traversal.build([(t, t in hidden, depth.get(t)) for t in cats], edges, tax, "depth")

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from pipeline.sample import generator, server
-from pipeline.sample.wit import hash_path, image_url
+from devtools.sample import generator, server
+from devtools.sample.wit import hash_path, image_url
 
 
 @pytest.fixture(scope="module")

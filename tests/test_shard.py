@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import signal
 import subprocess
 import sys
 import time
-import io
-import json
-import os
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from pipeline.config import load_settings
-from pipeline.download import source_url
-from pipeline.layout import Layout
-from pipeline.taxonomy import Taxonomy
-from pipeline.wit import commons_url, image_key, split_for
-from pipeline.store import ImageStore, store_root
+from pipeline.inputs.download import source_url
+from pipeline.inputs.store import ImageStore, store_root
+from pipeline.inputs.wit import commons_url, image_key, split_for
+from pipeline.labels.taxonomy import Taxonomy
+from pipeline.lake.layout import Layout
 from tests.test_download import UA, FaultServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,8 +218,8 @@ def test_store_statuses_cap_labels_apart_and_resume(spark, tmp_path, mirror):
 def test_a_download_cap_spreads_a_backfill_over_runs_and_never_fetches_twice(spark, tmp_path, mirror):
     """shard.max_downloads: each run (as the CLI and the DAG run it) fetches the next images in image_key
     order, is not skipped while images are left, and hands train and infer a new fingerprint each time."""
-    from pipeline.__main__ import run_stage
-    from pipeline.atomic import write_json
+    from pipeline.lake.atomic import write_json
+    from pipeline.orchestration.runner import run_stage
 
     settings = stage_settings(tmp_path, mirror, **{"shard.max_downloads": "3"})
     layout = Layout.from_settings(settings)
@@ -249,8 +249,8 @@ def test_a_night_on_the_same_dump_retries_transient_failures_and_changes_nothing
     """A transient failure (a 5xx) is retried by the next night on the same dump, not two weeks later with
     the next dump: the stage is not fresh while one is left. A retry that fetched nothing new hands train
     and infer the same fingerprint; with shard.retry_transient off the stage is fresh at once."""
-    from pipeline.__main__ import run_stage
-    from pipeline.atomic import write_json
+    from pipeline.lake.atomic import write_json
+    from pipeline.orchestration.runner import run_stage
 
     titles = GOOD[:3] + ["Later.jpg", "Missing.jpg"]
     special = {t: SPECIAL[t] for t in ("Later.jpg", "Missing.jpg")}

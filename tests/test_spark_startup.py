@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_spark_starts_without_avoidable_warnings(tmp_path):
-    code = ("from pipeline.config import load_settings; from pipeline.spark import get_spark; "
+    code = ("from pipeline.config import load_settings; from pipeline.orchestration.spark import get_spark; "
             "import pandas; s = get_spark(load_settings({'spark.master': 'local[1]', "
             f"'paths.state_dir': {str(tmp_path)!r}}}), 't'); "
             "print('rows', s.range(5).toPandas().shape[0]); s.stop()")
@@ -31,7 +31,7 @@ def test_the_class_archive_is_used_only_where_it_was_built_for(tmp_path):
     import json
     import os
 
-    from pipeline.spark import archive_key, archive_options
+    from pipeline.orchestration.spark import archive_key, archive_options
 
     fake = tmp_path / "classes.jsa"
     assert archive_options(str(fake)) == [] and archive_options("") == []  # none yet: plain start-up
@@ -51,13 +51,13 @@ def test_a_stage_jvm_maps_the_archive_make_built(tmp_path):
 
     import pytest
 
-    from pipeline.spark import archive_options
+    from pipeline.orchestration.spark import archive_options
 
     path = os.environ.get("SPARK_CLASS_ARCHIVE", "")
     if not archive_options(path):
         pytest.skip("no class archive for this Spark and JDK: `make test` builds one "
                     "(python -m pipeline spark-archive --out PATH, then SPARK_CLASS_ARCHIVE=PATH)")
-    code = ("from pipeline.config import load_settings; from pipeline.spark import get_spark; "
+    code = ("from pipeline.config import load_settings; from pipeline.orchestration.spark import get_spark; "
             "s = get_spark(load_settings({'spark.master': 'local[1]', 'spark.java_options': '-Xshare:on', "
             f"'paths.state_dir': {str(tmp_path)!r}}}), 't'); print('rows', s.range(3).count()); s.stop()")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -73,7 +73,7 @@ def test_the_code_zip_for_executors_is_built_once_per_version_and_old_versions_g
     import time
     import zipfile
 
-    from pipeline.spark import project_archive
+    from pipeline.orchestration.spark import project_archive
 
     out = tmp_path / "spark-pyfiles"
     out.mkdir()
@@ -84,8 +84,11 @@ def test_the_code_zip_for_executors_is_built_once_per_version_and_old_versions_g
     first = project_archive(str(out))
     assert not old.exists() and recent.exists()
     names = zipfile.ZipFile(first).namelist()
-    assert "pipeline/spark.py" in names and "training/pyfunc.py" in names
+    assert "pipeline/orchestration/spark.py" in names and "training/pyfunc.py" in names
     assert not [n for n in names if n.startswith("pipeline/serving/")]  # the model server runs in its own env
+    # the product only: no development tooling (the sample, its servers, the demo)
+    assert {n.split("/")[0] for n in names} == {"pipeline", "spark_jobs", "training"}, sorted(names)[:20]
+    assert not [n for n in names if "sample" in n.split("/") or n.endswith(("demo.py", "synthetic.py"))]
     os.utime(first, (time.time() - 3 * 86400,) * 2)
     built = os.stat(first).st_ino
     assert project_archive(str(out)) == first and os.stat(first).st_ino == built  # reused, not rebuilt
@@ -95,8 +98,8 @@ def test_the_code_zip_for_executors_is_built_once_per_version_and_old_versions_g
 def test_the_small_data_jvm_keeps_the_full_code_cache():
     """C1 alone would give the JVM a 48 MB code cache; a test session's long-lived driver filled it
     ("Out of space in CodeCache for adapters") and every later Spark test on that worker failed."""
-    from pipeline.demo import SMALL_DATA_JVM
-    from pipeline.spark import java_binary
+    from devtools.demo import SMALL_DATA_JVM
+    from pipeline.orchestration.spark import java_binary
 
     out = subprocess.run([java_binary(), *SMALL_DATA_JVM.split(), "-XX:+PrintFlagsFinal", "-version"],
                          capture_output=True, text=True, check=True).stdout

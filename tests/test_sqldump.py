@@ -1,4 +1,4 @@
-"""pipeline.sqldump: value syntax, schema by name, rejects with byte offsets, streaming."""
+"""pipeline.labels.sqldump: value syntax, schema by name, rejects with byte offsets, streaming."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import gzip
 import math
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from pipeline import sqldump
 from pipeline.errors import StageError
+from pipeline.labels import sqldump
 
 # ------------------------------------------------------------ a tiny mysqldump writer
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from pipeline import study
-from pipeline.layout import Layout
-from pipeline.taxonomy import Taxonomy, slug
+from pipeline.labels.taxonomy import Taxonomy, slug
+from pipeline.lake.layout import Layout
+from pipeline.study import tables as study
 
 TAX = Taxonomy.load("v1.3")
 NAMES = TAX.names

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.taxonomy import Taxonomy, TaxonomyError
+from pipeline.labels.taxonomy import Taxonomy, TaxonomyError
 
 
 def test_v13_and_v14_ship_exactly():

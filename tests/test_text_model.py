@@ -1,7 +1,7 @@
 """What the words add: image-only, text-only and image+text models trained on the same split.
 
 The synthetic store shows each of an image's labels in its pixels only, in its
-texts only, or in both (``training.synthetic``, ``complementary=True``), so
+texts only, or in both (``devtools.synthetic``, ``complementary=True``), so
 each input alone misses labels the other has.
 """
 
@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import tracking
+from devtools import synthetic
 from pipeline.config import load_settings
-from pipeline.taxonomy import Taxonomy
-from pipeline.texts import TEXT_COLUMNS
-from training import data, synthetic
-from training.pyfunc import load_predictor
-
+from pipeline.features.texts import TEXT_COLUMNS
+from pipeline.labels.taxonomy import Taxonomy
+from pipeline.orchestration import tracking
 from tests.test_training import TRAIN as TRAIN_STAGE
+from training import data
+from training.pyfunc import load_predictor
 
 SIZES = {"train": 1024, "validation": 64, "threshold": 128, "test": 192}
 TRAIN = {**TRAIN_STAGE, "train.text_vocab": "4096"}  # one epoch of B0 at 32 px, as the train stage's tests
@@ -149,7 +149,7 @@ def _index_with_failed_downloads(s, root, n: int):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.layout import Layout
+    from pipeline.lake.layout import Layout
 
     shutil.copytree(s.paths.data_root, root / "data")
     s = dataclasses.replace(s, paths=dataclasses.replace(s.paths, data_root=str(root / "data")))
@@ -182,7 +182,7 @@ def test_batch_inference_on_spark_equals_the_served_model(runs, mode, tmp_path):
     import mlflow.pyfunc
     import pyarrow.parquet as pq
 
-    from pipeline.layout import Layout
+    from pipeline.lake.layout import Layout
     from spark_jobs import batch_inference
 
     s, summary = runs[mode]

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import texts
-from pipeline.sample import captions
+from devtools.sample import captions
+from pipeline.features import texts
 
 
 def test_categories_and_labels_can_never_be_text_fields():

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import tracking
+from devtools import synthetic
 from pipeline.config import load_settings
 from pipeline.errors import StageError
-from pipeline.layout import Layout
-from pipeline.taxonomy import Taxonomy
-from training import data, synthetic
+from pipeline.labels.taxonomy import Taxonomy
+from pipeline.lake.layout import Layout
+from pipeline.orchestration import tracking
+from training import data
 from training.pyfunc import load_predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,8 +107,7 @@ def test_batches_shapes_shuffle_and_determinism(small_shards):
     for i, x_i in enumerate(got):
         assert np.array_equal(x_i, expected[i % len(small)])
     # (the race is rare under the GIL, so also check that each thread gets its own file object)
-    from pipeline import store
-
+    from pipeline.inputs import store
     def handle(_):
         store.read_payload(index.paths[0], int(index.offset[0]), int(index.size[0]))
         return threading.get_ident(), id(store._handles()[index.paths[0]])
@@ -221,7 +221,7 @@ def test_pyfunc_predicts_from_bytes_and_arrays(trained):
     out2 = model.unwrap_python_model().predict(None, x[:5])
     np.testing.assert_allclose(out2.iloc[:, :-1].to_numpy(), probs[:5], atol=1e-5)
     # a non-square image is center-cropped, as in training (no train/serve skew)
-    from pipeline.imaging import preprocess
+    from pipeline.features.imaging import preprocess
 
     wide = np.zeros((40, 80, 3), dtype="uint8")
     wide[:, 20:60] = x[0, 0, 0]

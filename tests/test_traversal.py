@@ -2,8 +2,13 @@
 
 import pytest
 
-from pipeline.taxonomy import Taxonomy, TaxonomyError
-from pipeline.traversal import HEURISTICS, Traversal, parse_heuristics, shortened_matches
+from pipeline.labels.taxonomy import Taxonomy, TaxonomyError
+from pipeline.labels.traversal import (
+    HEURISTICS,
+    Traversal,
+    parse_heuristics,
+    shortened_matches,
+)
 
 TAX = Taxonomy.load("v1.3")
 

@@ -12,8 +12,7 @@ import pytest
 
 from pipeline.config import load_settings
 from pipeline.errors import StageError
-from pipeline.layout import Layout
-from pipeline.wit import (
+from pipeline.inputs.wit import (
     WIT_COLUMNS,
     commons_url,
     image_key,
@@ -21,6 +20,7 @@ from pipeline.wit import (
     thumb_url,
     title_from_url,
 )
+from pipeline.lake.layout import Layout
 
 BASE = "https://upload.wikimedia.org/wikipedia/"
 
@@ -209,7 +209,7 @@ def test_missing_column_and_inputs(tmp_path):
     cols = [c for c in WIT_COLUMNS if c != "mime_type"]
     write_tsv(bad, cols, [])
     # header check happens before any Spark job
-    from pipeline.spark import get_spark  # noqa: F401  (run() would start Spark; the check comes first)
+    from pipeline.orchestration.spark import get_spark  # noqa: F401  (run() would start Spark; the check comes first)
 
     with pytest.raises(StageError) as e:
         wit_images.read_wit(None, wit_images.input_files(settings))
@@ -228,7 +228,7 @@ def test_missing_column_and_inputs(tmp_path):
 
 def test_a_wit_file_cut_mid_file_fails_the_stage_naming_it_and_the_byte(tmp_path):
     """What an interrupted download leaves: the gzip ends before its end-of-stream marker."""
-    from pipeline.fetch import wit_file_problem
+    from pipeline.inputs.fetch import wit_file_problem
     from spark_jobs import wit_images
 
     settings, layout = make_inputs(tmp_path)

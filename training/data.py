@@ -6,7 +6,7 @@ run, its split, its multi-hot targets and where its bytes are in the store
 opening a tar, and batches are read by random access: any batch can be built
 by any worker (thread or process), and a seeded global permutation per epoch
 shuffles both across and within shards. Images are resized when read
-(``pipeline.imaging.preprocess``), so another ``train.image_size`` needs no new
+(``pipeline.features.imaging.preprocess``), so another ``train.image_size`` needs no new
 download. Unlabeled images and images the store has no bytes for are counted,
 not used.
 """
@@ -20,10 +20,10 @@ import keras
 import numpy as np
 
 from pipeline.errors import StageError
-from pipeline.imaging import ImageError, preprocess
-from pipeline.layout import Layout
-from pipeline.store import close_handles, read_payload, store_root  # noqa: F401  (close_handles re-exported)
-from pipeline.texts import TEXT_COLUMNS
+from pipeline.features.imaging import ImageError, preprocess
+from pipeline.features.texts import TEXT_COLUMNS
+from pipeline.inputs.store import close_handles, read_payload, store_root  # noqa: F401  (close_handles re-exported)
+from pipeline.lake.layout import Layout
 
 STAGE = "train"
 
@@ -53,7 +53,7 @@ def read_index(index_path: str, split: str, num_labels: int, hierarchical: bool,
     """The labeled, stored images of ``split`` in the run's image index at ``index_path``."""
     import pyarrow.dataset as ds
 
-    from pipeline.atomic import exists
+    from pipeline.lake.atomic import exists
 
     if not exists(index_path):
         raise StageError(STAGE, index_path, "missing image index (did the shard stage run for this dump date?)")
@@ -114,7 +114,7 @@ def _text_table(index: ShardIndex):
 
 
 def read_texts(index: ShardIndex, rows, encoding) -> "np.ndarray":
-    """Text ids (rows, fields, tokens) for ``rows`` of ``index``, by ``encoding`` (``pipeline.texts``)."""
+    """Text ids (rows, fields, tokens) for ``rows`` of ``index``, by ``encoding`` (``pipeline.features.texts``)."""
     import pyarrow as pa
 
     table = _text_table(index).select(encoding.columns).take(pa.array(np.asarray(rows, dtype="int64")))
@@ -164,7 +164,7 @@ class ShardBatches(keras.utils.PyDataset):
     """Batches (x, y float32 multi-hot) of one split, reshuffled every epoch.
 
     x is float32 NHWC 0..255 for an image model, else a dict with ``image``
-    and/or ``text`` (int32 ids, ``pipeline.texts``). ``drop_remainder`` (for
+    and/or ``text`` (int32 ids, ``pipeline.features.texts``). ``drop_remainder`` (for
     training) leaves out each epoch's last, partial batch, as ``tf.data`` and
     PyTorch do: every step then has one shape, so the train step is traced
     once (a second shape retraces it, seconds of CPU for EfficientNet), and

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.labels.scores import counts, prf, prf_summary
+
 TOP_K = 5
 
 
@@ -37,37 +39,6 @@ def macro_average_precision(y_true, probs) -> float:
     y = np.asarray(y_true)
     aps = [average_precision(y[:, j], probs[:, j]) for j in range(y.shape[1]) if y[:, j].sum() > 0]
     return float(np.mean(aps)) if aps else float("nan")
-
-
-def prf(tp, fp, fn):
-    p = np.divide(tp, tp + fp, out=np.zeros_like(tp, dtype="float64"), where=(tp + fp) > 0)
-    r = np.divide(tp, tp + fn, out=np.zeros_like(tp, dtype="float64"), where=(tp + fn) > 0)
-    f = np.divide(2 * p * r, p + r, out=np.zeros_like(tp, dtype="float64"), where=(p + r) > 0)
-    return p, r, f
-
-
-def counts(y_true, y_pred):
-    y = np.asarray(y_true).astype(bool)
-    q = np.asarray(y_pred).astype(bool)
-    tp = (y & q).sum(0).astype("float64")
-    fp = (~y & q).sum(0).astype("float64")
-    fn = (y & ~q).sum(0).astype("float64")
-    return tp, fp, fn
-
-
-def prf_summary(y_true, y_pred) -> dict:
-    """Micro and macro precision/recall/F1 (zero when undefined, like sklearn's zero_division=0)."""
-    tp, fp, fn = counts(y_true, y_pred)
-    p, r, f = prf(tp, fp, fn)
-    mp, mr, mf = prf(np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()]))
-    return {
-        "precision_micro": float(mp[0]),
-        "recall_micro": float(mr[0]),
-        "f1_micro": float(mf[0]),
-        "precision_macro": float(p.mean()) if len(p) else float("nan"),
-        "recall_macro": float(r.mean()) if len(r) else float("nan"),
-        "f1_macro": float(f.mean()) if len(f) else float("nan"),
-    }
 
 
 def label_groups(y_true, names, train_counts=None, k: int = TOP_K) -> dict[str, np.ndarray]:
@@ -109,7 +80,8 @@ def evaluate(y_true, probs, thresholds, names, train_counts=None) -> dict:
 def per_label_table(y_true, probs, thresholds, names):
     """pandas DataFrame: one row per label with support, prevalence, AP and P/R/F1 at 0.5 and at its threshold."""
     import pandas as pd
-    from pipeline.taxonomy import slug
+
+    from pipeline.labels.taxonomy import slug
 
     y = np.asarray(y_true, dtype="float32")
     p = np.asarray(probs, dtype="float32")

@@ -6,7 +6,7 @@
   rescaling and normalisation, so the input ``image`` is float32 pixels in
   0..255, NHWC);
 - ``text``: the image's texts as hashed token ids ``text`` (fields x tokens,
-  ``pipeline.texts``), an embedding bag per field (``TextBag``);
+  ``pipeline.features.texts``), an embedding bag per field (``TextBag``);
 - ``image+text``: both, concatenated before the hidden layer, plus
   ``has_image`` (1/0 per row): ``ModalityDropout`` puts a learned vector where
   the image is missing, and while training hides the text of some images and
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import keras
+import numpy as np
 from keras import ops
 
 from training.losses import max_constraint

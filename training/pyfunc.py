@@ -30,8 +30,8 @@ class TopicModel(_Base):
     An image+text model takes rows without image bytes (None, empty, or no
     ``image`` column) and predicts them from their words.
 
-    Images go through ``pipeline.imaging.preprocess`` (center crop, resize),
-    texts through ``pipeline.texts`` (the image index's columns: ``file_title``,
+    Images go through ``pipeline.features.imaging.preprocess`` (center crop, resize),
+    texts through ``pipeline.features.texts`` (the image index's columns: ``file_title``,
     ``page_titles``, ...; a missing column or value is an empty text), the
     same functions the training loader and batch inference use. An image
     model also takes uint8 arrays N x H x W x 3.
@@ -63,7 +63,7 @@ class TopicModel(_Base):
         if inputs_path:
             with open(inputs_path, encoding="utf-8") as f:
                 spec = json.load(f)
-        from pipeline.texts import TextEncoding
+        from pipeline.features.texts import TextEncoding
 
         self.inputs = spec["inputs"]
         self.encoding = TextEncoding.from_dict(spec["text"]) if spec.get("text") else None
@@ -104,7 +104,7 @@ class TopicModel(_Base):
             x = np.asarray(images)
             if x.ndim != 4 or x.shape[-1] != 3:
                 raise ValueError(f"expected images N x H x W x 3, got shape {x.shape}")
-            from pipeline.imaging import preprocess_array
+            from pipeline.features.imaging import preprocess_array
 
             feed["image"] = preprocess_array(x.astype("uint8", copy=False), self.image_size)
         if self.reads_text:
@@ -134,7 +134,7 @@ class TopicModel(_Base):
             if self.reads_image:
                 if "image" not in frame.columns and self.inputs == "image":
                     raise ValueError(f"input DataFrame needs an 'image' column of encoded bytes, has {list(frame.columns)}")
-                from pipeline.imaging import preprocess
+                from pipeline.features.imaging import preprocess
 
                 blank = np.zeros((self.image_size, self.image_size, 3), dtype="uint8")
                 column = frame["image"] if "image" in frame.columns else [None] * len(frame)
@@ -195,7 +195,7 @@ def signature(slugs, inputs: str = "image", encoding=None):
 
 # The code a loaded model imports, and nothing else: shipped in the model (``code_paths``), so it loads
 # in any environment with the requirements below, without this checkout, Airflow or Spark.
-MODEL_CODE = {"pipeline": ("imaging.py", "texts.py"), "training": ("pyfunc.py", "model.py", "losses.py")}
+MODEL_CODE = {"pipeline.features": ("imaging.py", "texts.py"), "training": ("pyfunc.py", "model.py", "losses.py")}
 
 
 def pip_requirements() -> list[str]:
@@ -217,19 +217,23 @@ def pip_requirements() -> list[str]:
 
 
 def code_paths(dir_path: str) -> list[str]:
-    """Copy ``MODEL_CODE`` into ``dir_path`` as packages; returns the folders for ``code_paths``."""
+    """Copy ``MODEL_CODE`` into ``dir_path`` as packages; returns the top-level folders for ``code_paths``."""
     import os
     import shutil
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = []
     for package, modules in MODEL_CODE.items():
-        target = os.path.join(dir_path, "code", package)
-        os.makedirs(target, exist_ok=True)
-        open(os.path.join(target, "__init__.py"), "w").close()
+        parts = package.split(".")
+        for depth in range(1, len(parts) + 1):  # every level a package
+            folder = os.path.join(dir_path, "code", *parts[:depth])
+            os.makedirs(folder, exist_ok=True)
+            open(os.path.join(folder, "__init__.py"), "a").close()
         for module in modules:
-            shutil.copyfile(os.path.join(root, package, module), os.path.join(target, module))
-        out.append(target)
+            shutil.copyfile(os.path.join(root, *parts, module), os.path.join(dir_path, "code", *parts, module))
+        top = os.path.join(dir_path, "code", parts[0])
+        if top not in out:
+            out.append(top)
     return out
 
 

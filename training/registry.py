@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import math
 
-from pipeline import tracking
 from pipeline.config import Settings
+from pipeline.orchestration import tracking
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_AUC = "test_macro_auc_pr"

@@ -28,11 +28,11 @@ import time
 
 import numpy as np
 
-from pipeline import tracking
 from pipeline.config import Settings, load_settings
 from pipeline.errors import StageError
-from pipeline.layout import Layout
-from pipeline.taxonomy import TAXONOMY_DIR, Taxonomy
+from pipeline.labels.taxonomy import TAXONOMY_DIR, Taxonomy
+from pipeline.lake.layout import Layout
+from pipeline.orchestration import tracking
 
 STAGE = "train"
 
@@ -112,9 +112,9 @@ def run(settings: Settings) -> dict:
     """Train, evaluate, log and register; returns the stage summary."""
     import keras
 
+    from pipeline.features.texts import TextEncoding, has_text
     from training import data, metrics, pyfunc, registry
     from training.losses import make_loss
-    from pipeline.texts import TextEncoding, has_text
     from training.model import build_model, check_inputs, predict_probs
     from training.thresholds import fit_thresholds
 

@@ -2,7 +2,7 @@
 
 ``python -m pipeline model-server`` runs it (KServe's Python SDK, V1 and V2
 protocols) in its own environment (``requirements-serve.txt``): it imports the
-model's code (``pipeline.imaging``, ``pipeline.texts``, ``training.pyfunc``) and
+model's code (``pipeline.features.imaging``, ``pipeline.features.texts``, ``training.pyfunc``) and
 never Airflow or Spark.
 
 - ``instances``: a request's instances, checked, each error naming the instance;

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-from pipeline.texts import TEXT_COLUMNS
+from pipeline.features.texts import TEXT_COLUMNS
 
 TEXT_KEYS = ("file_title", *TEXT_COLUMNS)
 IMAGE_KEYS = ("image", "title")
@@ -138,7 +138,7 @@ def parse(body, max_instances: int, inputs: str) -> list[Instance]:
     return out
 
 
-# What each image check of pipeline.imaging (its ImageError status) answers.
+# What each image check of pipeline.features.imaging (its ImageError status) answers.
 IMAGE_STATUS = {
     "decode_error": HTTPStatus.BAD_REQUEST,
     "unsupported_format": HTTPStatus.UNSUPPORTED_MEDIA_TYPE,

@@ -6,7 +6,7 @@ InferenceService. Its ``predict`` takes KServe's V1 body
 (``/v1/models/<name>:predict``, see ``instances``) or a V2 request
 (``/v2/models/<name>/infer``: BYTES inputs ``image`` (base64) or ``title``,
 and the text fields), prepares every instance as batch inference does
-(``pipeline.imaging.preprocess`` at the model's input size; texts by the
+(``pipeline.features.imaging.preprocess`` at the model's input size; texts by the
 model's own encoding) and predicts through the micro-batcher.
 
 Around it: ``GET /`` (a page to try it), ``GET /info`` (the model and its
@@ -30,10 +30,17 @@ import numpy as np
 from kserve import Model
 from kserve.errors import ModelNotReady
 
-from pipeline.imaging import ImageError, preprocess
+from pipeline.features.imaging import ImageError, preprocess
 from pipeline.serving.batcher import MicroBatcher
 from pipeline.serving.champion import Champion, Served
-from pipeline.serving.instances import IMAGE_STATUS, Instance, RequestError, at, parse, sniff
+from pipeline.serving.instances import (
+    IMAGE_STATUS,
+    Instance,
+    RequestError,
+    at,
+    parse,
+    sniff,
+)
 from pipeline.serving.thumbnails import Thumbnails
 
 log = logging.getLogger("pipeline.serving")
@@ -199,8 +206,7 @@ def v2_response(model_name: str, served: Served, request, probs: np.ndarray):
 
 
 def model_uri(settings) -> str:
-    from pipeline import tracking
-
+    from pipeline.orchestration import tracking
     return settings.serve.model_uri or f"models:/{tracking.model_name(settings)}@champion"
 
 
@@ -297,8 +303,7 @@ def main(settings) -> int:
     from kserve.model_server import app
     from kserve.protocol.rest.server import RESTServer
 
-    from pipeline import tracking
-
+    from pipeline.orchestration import tracking
     cfg = settings.serve
     tracking.load_credentials()
     token = read_token(cfg.token_file)

@@ -1,9 +1,9 @@
 """A Commons file title -> the bytes the image store would keep for it, fetched as politely as the shard stage.
 
-The same URL (``pipeline.download.source_url``: the standard thumbnail step at
+The same URL (``pipeline.inputs.download.source_url``: the standard thumbnail step at
 ``shard.thumb_width`` on ``shard.thumb_host``), the same downloader (User-Agent
 with contact, ``shard.per_host_concurrency`` connections per host across the
-machine, Retry-After honoured) and the same check (``pipeline.imaging.store_image``),
+machine, Retry-After honoured) and the same check (``pipeline.features.imaging.store_image``),
 so a title is predicted from exactly the bytes batch inference reads. A request
 waits seconds, not minutes: one retry, ``serve``-side timeouts. Results are
 kept in a least-recently-used cache bounded by bytes, and concurrent requests
@@ -18,10 +18,16 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from http import HTTPStatus
 
-from pipeline.download import Downloader, FetchResult, rewrite_mirror, source_url, standard_width
-from pipeline.imaging import ImageError, store_image
+from pipeline.features.imaging import ImageError, store_image
+from pipeline.inputs.download import (
+    Downloader,
+    FetchResult,
+    rewrite_mirror,
+    source_url,
+    standard_width,
+)
+from pipeline.inputs.wit import UPLOAD_BASE, commons_url
 from pipeline.serving.instances import IMAGE_STATUS, RequestError, at
-from pipeline.wit import UPLOAD_BASE, commons_url
 
 # A request should not wait out the shard stage's minutes of retries.
 SERVING_HTTP = {"max_retries": 1, "max_backoff_s": 2.0, "max_retry_after_s": 5.0}

@@ -144,7 +144,7 @@ class Deployment:
 
 def _publish(work: Path):
     """The sample, served as in `make demo`: dumps, WIT and images on loopback."""
-    from pipeline.sample import dumps_server, generator, server
+    from devtools.sample import dumps_server, generator, server
 
     sample = work / "sample"
     generator.generate_sample(str(sample), dump_date=DUMP_DATE, **SAMPLE)
@@ -158,7 +158,7 @@ def _publish(work: Path):
 
 def _stages_outside(work: Path, inputs: dict) -> Path:
     """fetch .. shard as `python -m pipeline <stage>` in local[2], on the same inputs: the reference."""
-    from pipeline.demo import DEMO_USER_AGENT, SMALL_DATA_JVM
+    from devtools.demo import DEMO_USER_AGENT, SMALL_DATA_JVM
 
     lake = work / "outside"
     env = {**os.environ, **inputs, **STAGE_ENV, "DATA_ROOT": str(lake / "lake"), "STATE_DIR": str(lake / "state"),
@@ -174,7 +174,7 @@ def _stages_outside(work: Path, inputs: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    from pipeline.demo import DEMO_USER_AGENT
+    from devtools.demo import DEMO_USER_AGENT
 
     work = tmp_path_factory.mktemp("deploy")
     logs = Path(os.environ.get("DEPLOY_LOGS", work / "logs"))
@@ -286,8 +286,8 @@ def test_the_model_server_answers_for_the_champion(deployment):
     import pyarrow.parquet as pq
 
     from pipeline.config import load_settings
-    from pipeline.layout import Layout
-    from pipeline.store import read_payload, store_root
+    from pipeline.inputs.store import read_payload, store_root
+    from pipeline.lake.layout import Layout
 
     token = {"Authorization": f"Bearer {deployment.secrets['model_server_token']}"}
     deadline = time.time() + 180

@@ -2,7 +2,7 @@
 server started from its own environment (``make serve-venv``) beside them.
 
 The store's images are also put where a local mirror of upload.wikimedia.org
-(``pipeline.sample.server``) serves them as Commons originals, so a title
+(``devtools.sample.server``) serves them as Commons originals, so a title
 request goes through the same URL, downloader and store check as the shard
 stage, and must give the Parquet's figures too.
 """
@@ -47,10 +47,10 @@ def trained(tmp_path_factory):
     """{mode: (settings, train summary, predictions DataFrame by image_key)} on one synthetic store."""
     import pyarrow.parquet as pq
 
-    from pipeline.layout import Layout
+    from devtools import synthetic
+    from pipeline.lake.layout import Layout
     from spark_jobs import batch_inference
-    from training import synthetic, train
-
+    from training import train
     root = tmp_path_factory.mktemp("serving")
     base = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"), **TRAIN}
     synthetic.write_images(load_settings(base, environ={}), SIZES, shard_size=100, complementary=True)

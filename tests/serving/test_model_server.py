@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import requests
 
-from pipeline.store import read_payload, store_root
-from pipeline.wit import hash_path
+from pipeline.inputs.store import read_payload, store_root
+from pipeline.inputs.wit import hash_path
 from tests.serving.bad_inputs import b64, cases, jpeg
 from tests.serving.conftest import MODEL, MODES
 
@@ -29,7 +29,7 @@ def _test_rows(settings, predictions, n: int):
     """The first ``n`` test images of the index, with their stored bytes and texts."""
     import pyarrow.parquet as pq
 
-    from pipeline.layout import Layout
+    from pipeline.lake.layout import Layout
 
     index = pq.read_table(Layout.from_settings(settings).image_index).to_pandas()
     index = index[(index["split"] == "test") & (index["status"] == "ok")].head(n)
@@ -92,9 +92,8 @@ def test_an_image_and_text_model_answers_from_words_alone(trained, model_server)
     both = server.predict([{"image": b64(d), **t} for _, d, t, _ in rows]).json()["predictions"]
     assert not np.allclose(_matrix(server, words), _matrix(server, both), atol=1e-4)
 
+    from pipeline.orchestration import tracking
     from training.pyfunc import load_predictor
-    from pipeline import tracking
-
     tracking.configure(settings)
     model = load_predictor(f"models:/{MODEL}/{summary['model_version']}")
     direct = model.predict_inputs(None, model.encode_texts([t for _, _, t, _ in rows]))
@@ -102,11 +101,11 @@ def test_an_image_and_text_model_answers_from_words_alone(trained, model_server)
 
 
 class _Mirror:
-    """A local upload.wikimedia.org (``pipeline.sample.server``) holding the store's images as Commons
+    """A local upload.wikimedia.org (``devtools.sample.server``) holding the store's images as Commons
     originals, plus a file that never answers in time (``Slow ...``)."""
 
     def __init__(self, root: Path, rows):
-        from pipeline.sample.server import RequestCount, ThumbCache, _handler
+        from devtools.sample.server import RequestCount, ThumbCache, _handler
 
         for _, data, _, title in rows:
             folder = root / "wikipedia" / "commons" / hash_path(title).strip("/")
@@ -235,8 +234,7 @@ def test_the_token_is_required_when_configured_and_the_page_is_open(trained, mod
 def test_a_promotion_swaps_the_model_under_load_with_no_failed_request(trained, model_server):
     """The server follows @champion: the alias moves, the new version loads beside the old one and takes
     over, and none of the requests sent meanwhile fails."""
-    from pipeline import tracking
-
+    from pipeline.orchestration import tracking
     settings, summary, predictions = trained["image"]
     other = trained["image+text"][1]
     client = tracking.client(settings)
@@ -293,8 +291,7 @@ def test_not_ready_without_a_champion_then_ready_once_there_is_one(trained, mode
     assert requests.get(f"{server.url}/v1/models/{server.name}", timeout=5).status_code == 503
     r = server.predict([{"image": b64(jpeg())}])
     assert r.status_code == 503 and "not ready" in r.json()["error"]
-    from pipeline import tracking
-
+    from pipeline.orchestration import tracking
     tracking.client(settings).set_registered_model_alias(MODEL, "nobody", str(summary["model_version"]))
     server.wait_ready(60)
     assert server.predict([{"image": b64(jpeg())}]).status_code == 200
@@ -313,8 +310,9 @@ def test_the_page_shows_an_image_with_its_topics_in_a_real_browser(trained, mode
     server = model_server(settings, {"serve.model_uri": f"models:/{MODEL}/{summary['model_version']}"})
     key, data, _, _ = _test_rows(settings, predictions, 1)[0]
     image = tmp_path / "upload.png"
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     Image.open(io.BytesIO(data)).convert("RGB").resize((96, 96)).save(image)
     expected = server.predict([{"image": b64(image.read_bytes())}]).json()["predictions"][0]
@@ -368,7 +366,7 @@ def test_the_champion_serves_outside_this_checkout_with_mlflow_models_serve(trai
 
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.orchestration import tracking
     from tests.serving.conftest import ROOT, free_port
 
     settings, summary, predictions = trained["image"]
@@ -427,7 +425,7 @@ def test_the_champion_serves_outside_this_checkout_with_mlflow_models_serve(trai
 def test_the_logged_model_carries_its_code_an_input_example_and_its_metrics(trained):
     import mlflow
 
-    from pipeline import tracking
+    from pipeline.orchestration import tracking
     from training.pyfunc import MODEL_CODE
 
     settings, summary, _ = trained["image"]
@@ -435,10 +433,10 @@ def test_the_logged_model_carries_its_code_an_input_example_and_its_metrics(trai
     model = mlflow.get_logged_model(summary["logged_model_uri"].removeprefix("models:/"))
     assert {m.key for m in model.metrics} >= {"test_macro_auc_pr", "test_n_images"}
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{summary['model_version']}"))
-    for package, modules in MODEL_CODE.items():
-        for module in modules:
-            assert (local / "code" / package / module).is_file()
-    assert not (local / "code" / "pipeline" / "sample").exists()
+    shipped = {p.relative_to(local / "code").as_posix() for p in (local / "code").rglob("*.py")}
+    wanted = {"/".join([*package.split("."), module]) for package, modules in MODEL_CODE.items() for module in modules}
+    # exactly the model's modules, as packages: no tooling, no Spark or Airflow code
+    assert {s for s in shipped if not s.endswith("__init__.py")} == wanted, shipped
     assert (local / "serving_input_example.json").is_file()
     requirements = (local / "requirements.txt").read_text().split()
     assert not any(r.startswith(("tensorflow==", "tensorflow-cpu==", "jax", "torch")) for r in requirements), requirements
