@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved settings as JSON")
     add_settings_arguments(p)
 
+    p = sub.add_parser("stages", help="print every stage's facts (what it needs, reads, writes, where it runs) "
+                                      "as JSON, or with --mermaid their graph")
+    p.add_argument("--mermaid", action="store_true", help="the stages' graph as a Mermaid flowchart")
+    add_settings_arguments(p)
+
     p = sub.add_parser("label-quality", help="score labelers' file labels of a run against people's labels")
     p.add_argument("--dev-labels", metavar="PATH",
                    help="Parquet of people's labels (taxonomy_version, id, labels_human); default label.human_labels")
@@ -151,6 +156,13 @@ def _run(args, started: float):
         return server.main(load_settings(overrides_from(args)))
     if command == "config":
         return load_settings(overrides_from(args)).to_dict()
+    if command == "stages":
+        from pipeline.orchestration import stages
+
+        if args.mermaid:
+            print(stages.mermaid(), end="", flush=True)
+            return 0
+        return stages.describe(load_settings(overrides_from(args)))
     if command == "label-quality":
         return _label_quality(args)
     if command == "spark-archive":

@@ -147,3 +147,14 @@ def test_packages_import_only_downward():
     assert not upward, upward
     top_level = sorted(p.name for p in (ROOT / "pipeline").glob("*.py"))
     assert top_level == ["__init__.py", "__main__.py", "config.py", "errors.py"], top_level
+
+
+def test_the_architecture_doc_shows_the_records():
+    """docs/architecture.md's stage graph is the records' graph, and its stage table names each
+    record's entry module."""
+    from pipeline.orchestration.stages import mermaid
+
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    assert f"```mermaid\n{mermaid()}```" in doc
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+)\s*\| `([\w/]+\.py)`", doc, re.M)}
+    assert rows == {name: stage.entry.split(":")[0].replace(".", "/") + ".py" for name, stage in STAGES.items()}

@@ -171,3 +171,24 @@ STAGES = {
 }
 
 ORDER = list(STAGES)
+
+
+def describe(settings) -> dict[str, dict]:
+    """Every stage's facts for these settings, as ``python -m pipeline stages`` prints them."""
+    layout = Layout.from_settings(settings)
+    return {s.name: {"entry": s.entry, "help": s.help, "needs": list(s.needs), "upstream": list(s.upstream),
+                     "takes": s.takes, "settings": list(s.settings), "reads_taxonomy": s.reads_taxonomy,
+                     "outputs": s.outputs(layout), "pool": s.pool, "queue": s.queue,
+                     "timeout_hours": s.timeout.total_seconds() / 3600, "asset_alias": s.asset_alias}
+            for s in STAGES.values()}
+
+
+def mermaid() -> str:
+    """The stages' graph as the records define it (Mermaid): solid arrows carry fingerprints
+    (``upstream``), dotted ones a setting taken at run time (``takes``)."""
+    lines = ["flowchart TD"]
+    for stage in STAGES.values():
+        lines += [f"    {up} --> {stage.name}" for up in stage.upstream]
+        lines += [f"    {source.split('.')[0]} -. {source.split('.', 1)[1]} .-> {stage.name}"
+                  for source in stage.takes.values()]
+    return "\n".join(lines) + "\n"
