@@ -29,14 +29,7 @@ from pipeline.config import Settings
 from pipeline.errors import StageError
 from pipeline.labels import quality as label_quality
 from pipeline.labels.heads import NULL_HEADS, P_NUMBER, with_head
-from pipeline.labels.masks import (
-    check_size,
-    combo_stats,
-    label_sets,
-    labels_to_mask,
-    seed_masks,
-    with_label_arrays,
-)
+from pipeline.labels.masks import check_size, combo_stats, label_sets, labels_to_mask, seed_masks, with_label_arrays
 from pipeline.labels.rules import LabelRules
 from pipeline.labels.taxonomy import Taxonomy
 from pipeline.labels.traversal import parse_labeler

@@ -28,14 +28,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from pipeline.config import Settings
 from pipeline.features.texts import TEXT_COLUMNS
-from pipeline.inputs.store import (
-    Attempt,
-    ImageStore,
-    image_settings,
-    is_transient,
-    store_root,
-    transient_col,
-)
+from pipeline.inputs.store import Attempt, ImageStore, image_settings, is_transient, store_root, transient_col
 from pipeline.inputs.wit import UPLOAD_BASE, is_commons_url
 from pipeline.lake.atomic import filesystem, require_input, write_spark
 from pipeline.lake.layout import Layout, join

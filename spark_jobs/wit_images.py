@@ -19,14 +19,7 @@ import fsspec
 from pipeline.config import Settings
 from pipeline.errors import StageError
 from pipeline.inputs.fetch import wit_file_problem
-from pipeline.inputs.wit import (
-    WIT_COLUMNS,
-    WIT_GLOB,
-    commons_url_col,
-    image_key_col,
-    split_col,
-    title_from_url_col,
-)
+from pipeline.inputs.wit import WIT_COLUMNS, WIT_GLOB, commons_url_col, image_key_col, split_col, title_from_url_col
 from pipeline.lake.atomic import require_input, write_spark
 from pipeline.lake.layout import Layout, join
 from pipeline.orchestration.spark import get_spark

@@ -7,14 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.labels.heads import (
-    _alt,
-    find_head,
-    is_null_head,
-    one_word,
-    traversal_head,
-    with_head,
-)
+from pipeline.labels.heads import _alt, find_head, is_null_head, one_word, traversal_head, with_head
 
 DEV = Path(__file__).parent / "data" / "heads_dev.tsv"
 

@@ -6,13 +6,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from pyspark.sql import functions as F
 
-from pipeline.labels.masks import (
-    ancestor_masks,
-    hier_mask,
-    label_stats,
-    labels_to_mask,
-    mask_to_labels,
-)
+from pipeline.labels.masks import ancestor_masks, hier_mask, label_stats, labels_to_mask, mask_to_labels
 from pipeline.labels.taxonomy import Taxonomy
 
 

@@ -2,12 +2,7 @@
 
 import numpy as np
 import pytest
-from sklearn.metrics import (
-    average_precision_score,
-    f1_score,
-    precision_score,
-    recall_score,
-)
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
 
 from pipeline.labels import scores
 from training import metrics

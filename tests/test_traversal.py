@@ -3,12 +3,7 @@
 import pytest
 
 from pipeline.labels.taxonomy import Taxonomy, TaxonomyError
-from pipeline.labels.traversal import (
-    HEURISTICS,
-    Traversal,
-    parse_heuristics,
-    shortened_matches,
-)
+from pipeline.labels.traversal import HEURISTICS, Traversal, parse_heuristics, shortened_matches
 
 TAX = Taxonomy.load("v1.3")
 

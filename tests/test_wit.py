@@ -12,14 +12,7 @@ import pytest
 
 from pipeline.config import load_settings
 from pipeline.errors import StageError
-from pipeline.inputs.wit import (
-    WIT_COLUMNS,
-    commons_url,
-    image_key,
-    split_for,
-    thumb_url,
-    title_from_url,
-)
+from pipeline.inputs.wit import WIT_COLUMNS, commons_url, image_key, split_for, thumb_url, title_from_url
 from pipeline.lake.layout import Layout
 
 BASE = "https://upload.wikimedia.org/wikipedia/"

@@ -10,13 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 
-from pipeline.inputs.wit import (
-    COMMONS_PREFIX,
-    UPLOAD_BASE,
-    WIT_COLUMNS,
-    encode_name,
-    underscored,
-)
+from pipeline.inputs.wit import COMMONS_PREFIX, UPLOAD_BASE, WIT_COLUMNS, encode_name, underscored
 from pipeline.inputs.wit import hash_path as _hash_dirs
 
 COLUMNS = WIT_COLUMNS

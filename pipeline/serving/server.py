@@ -33,14 +33,7 @@ from kserve.errors import ModelNotReady
 from pipeline.features.imaging import ImageError, preprocess
 from pipeline.serving.batcher import MicroBatcher
 from pipeline.serving.champion import Champion, Served
-from pipeline.serving.instances import (
-    IMAGE_STATUS,
-    Instance,
-    RequestError,
-    at,
-    parse,
-    sniff,
-)
+from pipeline.serving.instances import IMAGE_STATUS, Instance, RequestError, at, parse, sniff
 from pipeline.serving.thumbnails import Thumbnails
 
 log = logging.getLogger("pipeline.serving")

@@ -19,13 +19,7 @@ from concurrent.futures import Future
 from http import HTTPStatus
 
 from pipeline.features.imaging import ImageError, store_image
-from pipeline.inputs.download import (
-    Downloader,
-    FetchResult,
-    rewrite_mirror,
-    source_url,
-    standard_width,
-)
+from pipeline.inputs.download import Downloader, FetchResult, rewrite_mirror, source_url, standard_width
 from pipeline.inputs.wit import UPLOAD_BASE, commons_url
 from pipeline.serving.instances import IMAGE_STATUS, RequestError, at
 
