@@ -43,7 +43,7 @@ test: venv browser $(ARCHIVE)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The model server's tests (tests/serving): models trained on a synthetic store, served by
-# `python -m pipeline model-server` from .venv-serve, compared with `infer`'s Parquet; the page in
+# `python -m serving` from .venv-serve, compared with `infer`'s Parquet; the page in
 # chromium; `mlflow models serve` of the champion outside this checkout. About 10 minutes.
 test-serve: venv serve-venv browser $(ARCHIVE)
 	$(PY) -m pytest -m serve tests/serving -n 0 $(PYTEST_ARGS)

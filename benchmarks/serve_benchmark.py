@@ -11,7 +11,7 @@ back, for ``--seconds``, after a warm-up; it reports requests/s, p50/p95/p99
 latency and failures, and this script the server's peak RSS (all its
 processes). The servers:
 
-- ``model-server``: ``python -m pipeline model-server`` (one process, micro-batching);
+- ``model-server``: ``python -m serving`` (one process, micro-batching);
 - ``model-server, no batching``: the same with ``serve.max_batch=1``, to measure what batching gains;
 - ``mlflow models serve -w 2``: one worker per core, ``--env-manager local`` (what a user would run).
 
@@ -135,7 +135,7 @@ def start(kind: str, args, port: int):
     env.update(STATE_DIR=args.state_dir, DATA_ROOT=args.data_root, PATH=f"{BIN}:{env['PATH']}")
     state = Path(args.state_dir).resolve()
     if kind.startswith("model-server"):
-        cmd = [str(BIN / "python"), "-m", "pipeline", "model-server", "--port", str(port),
+        cmd = [str(BIN / "python"), "-m", "serving", "--port", str(port),
                "--taxonomy", args.taxonomy, "--state-dir", str(state)]
         if "no batching" in kind:
             cmd += ["--set", "serve.max_batch=1"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.__main__ import add_settings_arguments, configure_logging, execute, overrides_from
+from pipeline.__main__ import configure_logging, execute
+from pipeline.config import add_settings_arguments, overrides_from
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,9 +19,10 @@ RUN --mount=type=secret,id=ca_bundle \
 RUN useradd --uid 50000 --gid 0 --home-dir /home/server --create-home server
 COPY pipeline/ pipeline/
 COPY training/ training/
+COPY serving/ serving/
 ENV PYTHONPATH=/opt/wiki-image-topics \
     KERAS_HOME=/tmp/keras
 USER 50000
 EXPOSE 8080
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["python", "-m", "pipeline", "model-server", "--host", "0.0.0.0"]
+CMD ["python", "-m", "serving", "--host", "0.0.0.0"]

@@ -16,49 +16,11 @@ import sys
 import time
 import traceback
 
-from pipeline.config import load_settings
+from pipeline.config import add_settings_arguments, load_settings, overrides_from
 from pipeline.errors import StageError
 from pipeline.lake.atomic import write_json
 from pipeline.orchestration.runner import die_with_parent, run_stage
 from pipeline.orchestration.stages import ORDER, STAGES
-
-# Shortcut flags for the settings users change most; anything else via --set.
-SHORTCUTS = {
-    "--dump-date": "paths.dump_date",
-    "--data-root": "paths.data_root",
-    "--dumps-dir": "paths.dumps_dir",
-    "--wit-dir": "paths.wit_dir",
-    "--state-dir": "paths.state_dir",
-    "--taxonomy": "label.taxonomy",
-    "--heuristics": "label.heuristics",
-    "--spark-master": "spark.master",
-}
-
-SERVER_FLAGS = ("serve.host", "serve.port", "serve.model_uri")
-
-
-def add_settings_arguments(p: argparse.ArgumentParser) -> None:
-    for flag, key in SHORTCUTS.items():
-        p.add_argument(flag, dest=key.replace(".", "__"), metavar="VALUE", help=f"sets {key}")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-        help="override any setting, e.g. --set train.epochs=3 (see `python -m pipeline config`)",
-    )
-
-
-def overrides_from(args) -> dict[str, str]:
-    out = {}
-    for item in args.set:
-        if "=" not in item:
-            raise SystemExit(f"error: --set expects SECTION.FIELD=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value
-    for key in (*SHORTCUTS.values(), *SERVER_FLAGS):
-        value = getattr(args, key.replace(".", "__"), None)
-        if value is not None:
-            out[key] = value
-    return out
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
@@ -73,13 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run even when the recorded fingerprint says the output is up to date")
         p.add_argument("--summary-file", metavar="PATH",
                        help="also write the summary JSON here (how the DAG's launcher reads it)")
-
-    p = sub.add_parser("model-server", help="answer for one image on request: the champion behind KServe's V1/V2 "
-                                            "protocols (its own environment: make serve-venv)")
-    p.add_argument("--host", dest="serve__host", metavar="VALUE", help="sets serve.host (default 127.0.0.1)")
-    p.add_argument("--port", dest="serve__port", metavar="VALUE", help="sets serve.port")
-    p.add_argument("--model-uri", dest="serve__model_uri", metavar="VALUE", help="sets serve.model_uri")
-    add_settings_arguments(p)
 
     p = sub.add_parser("config", help="print the resolved settings as JSON")
     add_settings_arguments(p)
@@ -150,10 +105,6 @@ def configure_logging() -> None:
 
 def _run(args, started: float):
     command = args.command
-    if command == "model-server":
-        from pipeline.serving import server
-
-        return server.main(load_settings(overrides_from(args)))
     if command == "config":
         return load_settings(overrides_from(args)).to_dict()
     if command == "stages":

@@ -225,7 +225,7 @@ class TrackingConfig:
 
 @dataclass
 class ServeConfig:
-    """The model server (``python -m pipeline model-server``): what it serves, where, and its limits."""
+    """The model server (``python -m serving``): what it serves, where, and its limits."""
 
     # Loopback by default: the compose file opens it to its network, behind a bearer token.
     host: str = _env("SERVE_HOST", "127.0.0.1")
@@ -323,3 +323,43 @@ def load_settings(overrides: dict[str, str] | None = None, environ=None) -> Sett
             raise ValueError(f"unknown setting {key!r}")
         setattr(section, name, _coerce(str(value), _field_types(section)[name]))
     return settings
+
+
+# ------------------------------------------------------------ the command lines' settings options
+
+# Shortcut flags for the settings users change most; anything else via --set.
+SHORTCUTS = {
+    "--dump-date": "paths.dump_date",
+    "--data-root": "paths.data_root",
+    "--dumps-dir": "paths.dumps_dir",
+    "--wit-dir": "paths.wit_dir",
+    "--state-dir": "paths.state_dir",
+    "--taxonomy": "label.taxonomy",
+    "--heuristics": "label.heuristics",
+    "--spark-master": "spark.master",
+}
+
+
+def add_settings_arguments(p) -> None:
+    """The shortcut flags and ``--set`` on an argparse parser (every command line of the project)."""
+    for flag, key in SHORTCUTS.items():
+        p.add_argument(flag, dest=key.replace(".", "__"), metavar="VALUE", help=f"sets {key}")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+        help="override any setting, e.g. --set train.epochs=3 (see `python -m pipeline config`)",
+    )
+
+
+def overrides_from(args, flags: tuple[str, ...] = ()) -> dict[str, str]:
+    """``--set`` items, then the shortcut flags (and ``flags``, settings given as their own options)."""
+    out = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"error: --set expects SECTION.FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    for key in (*SHORTCUTS.values(), *flags):
+        value = getattr(args, key.replace(".", "__"), None)
+        if value is not None:
+            out[key] = value
+    return out

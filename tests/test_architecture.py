@@ -13,7 +13,7 @@ from pipeline.lake.layout import Layout
 from pipeline.orchestration.stages import ORDER, STAGES, Stage
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("pipeline", "spark_jobs", "training", "dags")
+PRODUCT = ("pipeline", "spark_jobs", "training", "serving", "dags")
 TOOLING = "devtools"
 REQUIRED = [f.name for f in dataclasses.fields(Stage)
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -123,7 +123,7 @@ LAYERS = [
     {"pipeline.inputs", "pipeline.labels"},
     {"pipeline.orchestration"},
     {"pipeline.study", "training"},
-    {"pipeline.serving", "spark_jobs"},
+    {"serving", "spark_jobs"},
     {"pipeline.__main__"},
     {"dags", TOOLING},
 ]

@@ -21,7 +21,7 @@ def _run(*args, tmp_path, module="pipeline"):
 
 
 def test_every_stage_has_help(tmp_path):
-    for stage in ORDER + ["config", "label-quality", "spark-archive", "model-server"]:
+    for stage in ORDER + ["config", "stages", "label-quality", "spark-archive"]:
         out = _run(stage, "--help", tmp_path=tmp_path)
         assert out.returncode == 0, out.stderr
         assert "usage:" in out.stdout
@@ -34,6 +34,8 @@ def test_development_commands_live_apart(tmp_path):
         out = _run(command, "--help", tmp_path=tmp_path, module="devtools")
         assert out.returncode == 0 and "usage:" in out.stdout, out.stderr
         assert _run(command, "--help", tmp_path=tmp_path).returncode == 2
+    served = _run("--help", tmp_path=tmp_path, module="serving")  # the model server's own command line
+    assert served.returncode == 0 and "serve.model_uri" in served.stdout, served.stderr
     code = ("import sys; from pipeline.__main__ import build_parser; build_parser(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'devtools'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -310,7 +310,7 @@ def test_the_model_server_is_a_service_of_its_own_behind_a_token():
     dockerfile = (ROOT / server["build"]["dockerfile"]).read_text()
     assert "requirements-serve.lock" in dockerfile and "requirements.lock" not in dockerfile.replace("-serve.lock", "")
     assert "openjdk" not in dockerfile and "USER 50000" in dockerfile
-    assert server["command"][:4] == ["python", "-m", "pipeline", "model-server"]
+    assert server["command"][:3] == ["python", "-m", "serving"]
     port = server["command"][server["command"].index("--port") + 1]
     assert server["ports"] == [f"${{BIND_ADDRESS:-127.0.0.1}}:{port}:{port}"]
     env = server["environment"]

@@ -85,8 +85,7 @@ def test_the_code_zip_for_executors_is_built_once_per_version_and_old_versions_g
     assert not old.exists() and recent.exists()
     names = zipfile.ZipFile(first).namelist()
     assert "pipeline/orchestration/spark.py" in names and "training/pyfunc.py" in names
-    assert not [n for n in names if n.startswith("pipeline/serving/")]  # the model server runs in its own env
-    # the product only: no development tooling (the sample, its servers, the demo)
+    # the stages' code only: not the model server (its own env), not the development tooling
     assert {n.split("/")[0] for n in names} == {"pipeline", "spark_jobs", "training"}, sorted(names)[:20]
     assert not [n for n in names if "sample" in n.split("/") or n.endswith(("demo.py", "synthetic.py"))]
     os.utime(first, (time.time() - 3 * 86400,) * 2)

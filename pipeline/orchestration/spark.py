@@ -18,10 +18,9 @@ from pathlib import Path
 from pipeline.config import PROJECT_ROOT, Settings
 
 LOG4J2 = Path(__file__).resolve().with_name("log4j2.properties").as_uri()
-# The packages executors import (stage code runs in their Python workers too).
+# The packages executors import (stage code runs in their Python workers too): not the model server
+# (its own environment, with KServe) nor the development tooling.
 PACKAGES = ("pipeline", "spark_jobs", "training")
-# What no executor runs: the model server (it lives in its own environment, with KServe).
-NOT_SHIPPED = ("pipeline/serving/",)
 
 
 def get_spark(settings: Settings, app: str):
@@ -71,7 +70,6 @@ def project_archive(out_dir: str, keep_days: float = 7.0) -> str:
         (p.relative_to(PROJECT_ROOT).as_posix(), p)
         for pkg in PACKAGES for p in (PROJECT_ROOT / pkg).rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
-        and not p.relative_to(PROJECT_ROOT).as_posix().startswith(NOT_SHIPPED)
     )
     digest = hashlib.sha256()
     for name, path in files:

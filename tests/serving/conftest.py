@@ -69,7 +69,7 @@ def trained(tmp_path_factory):
 
 
 class ModelServer:
-    """``python -m pipeline model-server`` in .venv-serve, on a free loopback port."""
+    """``python -m serving`` in .venv-serve, on a free loopback port."""
 
     def __init__(self, settings, log: Path, sets: dict, token: str | None = None):
         self.port = free_port()
@@ -79,7 +79,7 @@ class ModelServer:
         sets = {"serve.port": self.port, "serve.watch_interval_s": 1, **sets}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHONPATH"))}
         env.update(STATE_DIR=settings.paths.state_dir, DATA_ROOT=settings.paths.data_root, USER_AGENT=USER_AGENT)
-        cmd = [str(SERVE_PYTHON), "-m", "pipeline", "model-server", "--taxonomy", settings.label.taxonomy]
+        cmd = [str(SERVE_PYTHON), "-m", "serving", "--taxonomy", settings.label.taxonomy]
         for k, v in sets.items():
             cmd += ["--set", f"{k}={v}"]
         self.log = log

@@ -1,7 +1,7 @@
 """The KServe model that answers for images, and the HTTP server around it.
 
 ``TopicServer`` is a ``kserve.Model``: the same predictor runs here as a
-process (``python -m pipeline model-server``) and on Kubernetes as an
+process (``python -m serving``) and on Kubernetes as an
 InferenceService. Its ``predict`` takes KServe's V1 body
 (``/v1/models/<name>:predict``, see ``instances``) or a V2 request
 (``/v2/models/<name>/infer``: BYTES inputs ``image`` (base64) or ``title``,
@@ -31,12 +31,12 @@ from kserve import Model
 from kserve.errors import ModelNotReady
 
 from pipeline.features.imaging import ImageError, preprocess
-from pipeline.serving.batcher import MicroBatcher
-from pipeline.serving.champion import Champion, Served
-from pipeline.serving.instances import IMAGE_STATUS, Instance, RequestError, at, parse, sniff
-from pipeline.serving.thumbnails import Thumbnails
+from serving.batcher import MicroBatcher
+from serving.champion import Champion, Served
+from serving.instances import IMAGE_STATUS, Instance, RequestError, at, parse, sniff
+from serving.thumbnails import Thumbnails
 
-log = logging.getLogger("pipeline.serving")
+log = logging.getLogger("serving")
 PAGE = Path(__file__).with_name("page.html")
 # Paths open without the token: the page itself (it asks for the token) and liveness.
 OPEN_PATHS = ("/", "/livez")
@@ -323,4 +323,4 @@ def main(settings) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit("run it as: python -m pipeline model-server")
+    raise SystemExit("run it as: python -m serving")

@@ -21,7 +21,7 @@ from http import HTTPStatus
 from pipeline.features.imaging import ImageError, store_image
 from pipeline.inputs.download import Downloader, FetchResult, rewrite_mirror, source_url, standard_width
 from pipeline.inputs.wit import UPLOAD_BASE, commons_url
-from pipeline.serving.instances import IMAGE_STATUS, RequestError, at
+from serving.instances import IMAGE_STATUS, RequestError, at
 
 # A request should not wait out the shard stage's minutes of retries.
 SERVING_HTTP = {"max_retries": 1, "max_backoff_s": 2.0, "max_retry_after_s": 5.0}

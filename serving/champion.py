@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-log = logging.getLogger("pipeline.serving")
+log = logging.getLogger("serving")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The model server: the champion answers for one image on request, as ORES (Lift Wing) answers for an edit.
 
-``python -m pipeline model-server`` runs it (KServe's Python SDK, V1 and V2
+``python -m serving`` runs it (KServe's Python SDK, V1 and V2
 protocols) in its own environment (``requirements-serve.txt``): it imports the
 model's code (``pipeline.features.imaging``, ``pipeline.features.texts``, ``training.pyfunc``) and
 never Airflow or Spark.
