@@ -320,6 +320,6 @@ def test_the_model_server_is_a_service_of_its_own_behind_a_token():
     assert f"127.0.0.1:{port}/livez" in " ".join(server["healthcheck"]["test"])
     assert server["depends_on"]["mlflow"]["condition"] == "service_healthy"
     lock = (ROOT / "requirements-serve.lock").read_text()
-    for package in ("kserve==0.21.0", "tensorflow-cpu==2.21.0", "mlflow==3.17.2", "fsspec=="):
+    for package in ("kserve==0.21.0", "tensorflow-cpu==2.21.0", "keras==3.15.1", "mlflow==3.17.2"):
         assert package in lock, package
     assert "apache-airflow" not in lock and "pyspark" not in lock
