@@ -61,17 +61,10 @@ def predict_rows(served: Served, rows: list[Prepared]) -> np.ndarray:
 
     Padding rows (no image, no text) change nothing for the others: rows do not interact in inference.
     """
-    p = served.predictor
     n = len(rows)
     rows = rows + [Prepared(None, {})] * (bucket(n) - n)
-    images = has_image = ids = None
-    if p.reads_image:
-        blank = np.zeros((p.image_size, p.image_size, 3), dtype="uint8")
-        has_image = np.asarray([r.pixels is not None for r in rows], dtype="float32")
-        images = np.stack([blank if r.pixels is None else r.pixels for r in rows])
-    if p.reads_text:
-        ids = p.encode_texts([r.texts for r in rows])
-    return p.predict_inputs(images, ids, has_image)[:n]
+    probs, _ = served.predictor.predict_rows([r.pixels for r in rows], [r.texts for r in rows])
+    return probs[:n]
 
 
 class TopicServer(Model):

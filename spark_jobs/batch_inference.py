@@ -75,7 +75,6 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
     model's own input size, whatever the settings say, and texts through the
     model's own text encoding (``pipeline.features.texts``), as in training.
     """
-    import numpy as np
     import pandas as pd
     from pyspark import SparkFiles
 
@@ -88,25 +87,20 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
         pdf = pdf.sort_values(["shard", "offset"])
         for start in range(0, len(pdf), BATCH):
             chunk = pdf.iloc[start:start + BATCH]
-            images = ids = present = None
+            pixels = [None] * len(chunk)
             if predictor.reads_image:
                 # only an image+text model gets rows without bytes: it reads their words alone
-                present = (chunk["status"] == "ok").to_numpy().astype("float32")
-                blank = np.zeros((predictor.image_size, predictor.image_size, 3), dtype="uint8")
-                images = []
-                for r, ok in zip(chunk.itertuples(index=False), present):
-                    if not ok:
-                        images.append(blank)
+                for i, r in enumerate(chunk.itertuples(index=False)):
+                    if r.status != "ok":
                         continue
                     path = f"{store.rstrip('/')}/{r.shard}"
                     try:
-                        images.append(preprocess(read_payload(path, r.offset, r.size), predictor.image_size))
+                        pixels[i] = preprocess(read_payload(path, r.offset, r.size), predictor.image_size)
                     except ImageError as e:
                         raise StageError(STAGE, path, f"image {r.image_key!r} at byte {r.offset}: {e}") from e
-                images = np.stack(images)
-            if predictor.reads_text:
-                ids = predictor.encode_texts(chunk[predictor.encoding.columns].to_dict("records"))
-            probs = predictor.predict_inputs(images, ids, present).astype("float64")
+            texts = chunk[predictor.encoding.columns].to_dict("records") if predictor.reads_text else None
+            probs, ids = predictor.predict_rows(pixels, texts)
+            probs = probs.astype("float64")
             out = pd.DataFrame({"image_key": chunk["image_key"].to_numpy()})
             for j, s in enumerate(slugs):
                 out[f"p_{s}"] = probs[:, j]

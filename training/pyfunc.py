@@ -113,6 +113,25 @@ class TopicModel(_Base):
             feed["text"] = np.asarray(text_ids, dtype="int32")
         return predict_probs(self.model, feed if self.inputs != "image" else feed["image"], self.batch_size)
 
+    def predict_rows(self, pixels: list, texts: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, text ids) for rows of prepared pixels and their texts: the one rule of batch
+        inference, the model server and ``predict``.
+
+        ``pixels[i]`` is ``preprocess``'s H x W x 3 at ``image_size``, or None where row i has no image: it
+        is fed as a blank with ``has_image`` 0, which an image+text model reads as "words alone" (an
+        image model would predict the blank: its callers check first). ``texts[i]`` maps index columns
+        to values (missing: no words). The text ids come back for ``has_text``.
+        """
+        n = len(pixels)
+        images = has_image = ids = None
+        if self.reads_image:
+            blank = np.zeros((self.image_size, self.image_size, 3), dtype="uint8")
+            has_image = np.asarray([p is not None for p in pixels], dtype="float32")
+            images = np.stack([blank if p is None else p for p in pixels]) if n else blank[np.newaxis][:0]
+        if self.reads_text:
+            ids = self.encode_texts(texts if texts is not None else [{}] * n)
+        return self.predict_inputs(images, ids, has_image), ids
+
     def predict_arrays(self, x) -> np.ndarray:
         """Probabilities (N, labels) for uint8 images N x H x W x 3 of any size (image models)."""
         return self.predict_inputs(images=x)
@@ -124,35 +143,26 @@ class TopicModel(_Base):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        x = ids = has_image = None
-        if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
-            x = model_input
-            if self.reads_text:
-                ids = self.encode_texts([{}] * len(x))
+        if isinstance(model_input, np.ndarray) and model_input.ndim == 4:  # images of any size, no words
+            ids = self.encode_texts([{}] * len(model_input)) if self.reads_text else None
+            probs = self.predict_inputs(model_input, ids)
         else:
             frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"image": list(model_input)})
+            if self.reads_image and "image" not in frame.columns and self.inputs == "image":
+                raise ValueError(f"input DataFrame needs an 'image' column of encoded bytes, has {list(frame.columns)}")
+            column = frame["image"] if "image" in frame.columns else [None] * len(frame)
+            # image+text: a row without image bytes is predicted from its words alone
+            given = [isinstance(b, (bytes, bytearray, memoryview)) and len(b) > 0 for b in column]
+            if self.inputs == "image" and not all(given):
+                raise ValueError("this model reads images: every row needs image bytes")
+            pixels = [None] * len(frame)
             if self.reads_image:
-                if "image" not in frame.columns and self.inputs == "image":
-                    raise ValueError(f"input DataFrame needs an 'image' column of encoded bytes, has {list(frame.columns)}")
                 from pipeline.features.imaging import preprocess
 
-                blank = np.zeros((self.image_size, self.image_size, 3), dtype="uint8")
-                column = frame["image"] if "image" in frame.columns else [None] * len(frame)
-                # image+text: a row without image bytes is predicted from its words alone
-                has_image = np.asarray([isinstance(b, (bytes, bytearray, memoryview)) and len(b) > 0 for b in column],
-                                       dtype="float32")
-                if self.inputs == "image" and not has_image.all():
-                    raise ValueError("this model reads images: every row needs image bytes")
-                x = (
-                    np.stack([preprocess(bytes(b), self.image_size) if ok else blank
-                              for b, ok in zip(column, has_image)])
-                    if len(frame)
-                    else np.zeros((0, self.image_size, self.image_size, 3), dtype="uint8")
-                )
-            if self.reads_text:
-                present = [c for c in self.encoding.columns if c in frame.columns]
-                ids = self.encode_texts(frame[present].to_dict("records") if present else [{}] * len(frame))
-        probs = self.predict_inputs(x, ids, has_image)
+                pixels = [preprocess(bytes(b), self.image_size) if ok else None for b, ok in zip(column, given)]
+            present = [c for c in self.encoding.columns if c in frame.columns] if self.reads_text else []
+            texts = frame[present].to_dict("records") if present else None
+            probs, _ = self.predict_rows(pixels, texts)
         out = pd.DataFrame({f"p_{s}": probs[:, j].astype("float64") for j, s in enumerate(self.slugs)})
         out["predicted"] = self.predicted_labels(probs)
         return out
