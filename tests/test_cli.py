@@ -57,3 +57,15 @@ def test_missing_input_names_stage_and_path(tmp_path, stage, missing):
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith(f"error: [{stage}]") and missing in last
     assert not list((tmp_path / "data").rglob("*.parquet")), "nothing half-written"
+
+
+def test_stages_prints_every_record(tmp_path):
+    """`python -m pipeline stages`: each stage's facts for the resolved settings; --mermaid: their graph."""
+    from pipeline.orchestration.stages import STAGES, mermaid
+
+    out = _run("stages", "--dump-date", "20250101", tmp_path=tmp_path)
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sorted(facts) == sorted(ORDER)
+    assert facts["infer"]["needs"] == ["shard", "train"] and facts["infer"]["pool"] == STAGES["infer"].pool
+    assert facts["wit"]["outputs"] == [str(tmp_path / "data" / "20250101" / "wit" / "v1.3" / "refined-rules" / "images")]
+    assert _run("stages", "--mermaid", tmp_path=tmp_path).stdout == mermaid()
