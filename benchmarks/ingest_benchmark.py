@@ -117,6 +117,7 @@ def generate(dumps: Path, n_cats: int, n_edges: int, n_links: int, seed: int = 0
 def parser_rate(dumps: Path) -> float:
     """Single-core rows/s of pipeline.labels.sqldump on the categorylinks dump (incl. gunzip)."""
     from pipeline.labels import sqldump
+
     path = str(dumps / f"commonswiki-{DATE}-categorylinks.sql.gz")
     t0 = time.process_time()
     res = sqldump.parse_dump(path, ["cl_from", "cl_target_id", "cl_type"], keep_values=False)

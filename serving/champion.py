@@ -15,8 +15,6 @@ import logging
 import threading
 from dataclasses import dataclass
 
-import numpy as np
-
 log = logging.getLogger("serving")
 
 
@@ -112,12 +110,10 @@ class Champion:
         return served
 
     def _warm(self, served: Served) -> None:
-        """Trace the predict function before the first request (Keras relaxes the batch size after two shapes)."""
-        p = served.predictor
+        """Trace the predict function before the first request (Keras relaxes the batch size after two shapes),
+        on the path requests take (``predict_rows``), with empty rows."""
         for n in self.warm_batches:
-            images = np.zeros((n, p.image_size, p.image_size, 3), "uint8") if p.reads_image else None
-            ids = p.encode_texts([{}] * n) if p.reads_text else None
-            p.predict_inputs(images, ids, np.ones(n, "float32") if images is not None else None)
+            served.predictor.predict_rows([None] * n)
 
     def refresh(self) -> bool:
         """Load the version the URI names now if it is not the one served; True when it swapped."""

@@ -193,6 +193,7 @@ def v2_response(model_name: str, served: Served, request, probs: np.ndarray):
 
 def model_uri(settings) -> str:
     from pipeline.orchestration import tracking
+
     return settings.serve.model_uri or f"models:/{tracking.model_name(settings)}@champion"
 
 
@@ -290,6 +291,7 @@ def main(settings) -> int:
     from kserve.protocol.rest.server import RESTServer
 
     from pipeline.orchestration import tracking
+
     cfg = settings.serve
     tracking.load_credentials()
     token = read_token(cfg.token_file)

@@ -38,6 +38,7 @@ def resolve_model(settings) -> tuple[str, str]:
     from mlflow import MlflowClient
 
     from pipeline.orchestration import tracking
+
     tracking.configure(settings)
     uri = settings.tracking.model_uri or f"models:/{tracking.model_name(settings)}@champion"
     client = MlflowClient()

@@ -54,6 +54,7 @@ def study_parts(spark, settings) -> tuple[study.Run, dict]:
 
 def run(settings) -> dict:
     from pipeline.orchestration import tracking
+
     spark = get_spark(settings, STAGE)
     study_run, parts = study_parts(spark, settings)
     try:

@@ -91,6 +91,7 @@ def parse_task(task: dict) -> dict:
     import pyarrow.parquet as pq
 
     from pipeline.labels import sqldump
+
     schema = sqldump.Schema(task["schema_table"], tuple(task["columns"]), tuple(task["types"]))
     chunk = sqldump.Chunk(**task["chunk"])
     wanted = task["wanted"]
@@ -125,6 +126,7 @@ def _write_sorted(df, path: str, keys: list[str], partitions: int) -> str:
 
 def _split_all(layout: Layout, settings: Settings, tables: list[str]):
     from pipeline.labels import sqldump
+
     staging = layout.ingest_staging
     splits = {}
     for table in tables:

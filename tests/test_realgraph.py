@@ -189,6 +189,7 @@ def test_label_stage_scores_itself_against_people(real):
     assert "human_agreement" not in real["label"]  # not configured: nothing scored
     # scoring changes no output: the setting is not part of the stage's fingerprint
     from pipeline.orchestration import lineage
+
     plain = dataclasses.replace(real["refined_settings"], label=dataclasses.replace(
         real["refined_settings"].label, human_labels=""))
     assert lineage.inputs(plain, "label") == lineage.inputs(real["refined_settings"], "label")
@@ -217,6 +218,7 @@ def test_study_shows_what_a_labeler_changed_against_headj_depth(real, spark, lab
     pandas count over the two file_labels tables."""
     from pipeline.study import report
     from pipeline.study import tables as study
+
     layout = Layout.from_settings(real[f"{labeler}_settings"])
     baseline = study.baseline_layout(layout)
     assert baseline is not None and baseline.heuristics == "headJ+depth"

@@ -108,6 +108,7 @@ def test_batches_shapes_shuffle_and_determinism(small_shards):
         assert np.array_equal(x_i, expected[i % len(small)])
     # (the race is rare under the GIL, so also check that each thread gets its own file object)
     from pipeline.inputs import store
+
     def handle(_):
         store.read_payload(index.paths[0], int(index.offset[0]), int(index.size[0]))
         return threading.get_ident(), id(store._handles()[index.paths[0]])

@@ -26,11 +26,12 @@ import dataclasses
 import hashlib
 import json
 
+from pipeline.inputs.wit import WIT_GLOB
 from pipeline.labels.rules import LabelRules
 from pipeline.labels.taxonomy import TAXONOMY_DIR
 from pipeline.labels.traversal import parse_labeler
-from pipeline.lake.atomic import exists, read_json
-from pipeline.lake.layout import Layout
+from pipeline.lake.atomic import exists, filesystem, read_json
+from pipeline.lake.layout import TABLES, Layout, join
 from pipeline.orchestration.stages import STAGES
 
 
@@ -119,10 +120,6 @@ def fresh(settings, stage: str, extra: dict | None = None) -> tuple[dict | None,
 
 def local_fingerprint(settings) -> str:
     """``fetch``'s fingerprint for inputs used as they are (offline): the dump's and WIT's sizes and mtimes."""
-    from pipeline.inputs.wit import WIT_GLOB
-    from pipeline.lake.atomic import filesystem
-    from pipeline.lake.layout import TABLES, join
-
     layout = Layout.from_settings(settings)
     paths = [layout.dump(t) for t in TABLES]
     fs = filesystem(settings.paths.wit_dir)
@@ -160,9 +157,8 @@ def taken(layout: Layout, stage: str) -> dict | None:
     if not takes:
         return None
     out = {}
-    for key, source in takes.items():
-        up, field = source.split(".", 1)
-        out[key.rsplit(".", 1)[-1]] = (recorded(layout, up) or {}).get(field)
+    for setting, (up, key) in takes.items():
+        out[setting.rsplit(".", 1)[-1]] = (recorded(layout, up) or {}).get(key)
     return out
 
 

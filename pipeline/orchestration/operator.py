@@ -36,9 +36,8 @@ def param_overrides(params) -> dict[str, str]:
     return {key: str(params[p]) for p, key in PARAM_SETTINGS.items() if params.get(p) not in (None, "")}
 
 
-def from_summary(source: str) -> str:
-    """The template that reads ``stage.key`` from a finished stage task's summary (its return value)."""
-    stage, key = source.split(".", 1)
+def from_summary(stage: str, key: str) -> str:
+    """The template that reads ``key`` from a finished stage task's summary (its return value)."""
     return f"{{{{ ti.xcom_pull(task_ids='{stage}')['{key}'] }}}}"
 
 
@@ -61,7 +60,7 @@ class StageOperator(BaseOperator):
             kwargs.setdefault("queue", record.queue)
         super().__init__(**kwargs)
         self.stage, self.dump_date = stage, dump_date
-        self.taken = {key: from_summary(source) for key, source in record.takes.items()}
+        self.taken = {setting: from_summary(*source) for setting, source in record.takes.items()}
         self._proc = None
 
     def overrides(self, context) -> dict[str, str]:

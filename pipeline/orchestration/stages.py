@@ -57,8 +57,8 @@ class Stage:
     gpu: bool
     # Its Airflow execution_timeout at full scale (3.9M images, 11M categories).
     timeout_hours: float
-    # Settings it takes at run time from a finished stage's summary: {"section.field": "stage.key"}.
-    takes: dict[str, str] = field(default_factory=dict)
+    # Settings it takes at run time from a finished stage's summary: {"section.field": (stage, summary key)}.
+    takes: dict[str, tuple[str, str]] = field(default_factory=dict)
     # "module:function" giving inputs of its output beyond settings and upstream (infer: the model version).
     extra_inputs: str = ""
     # Whether the labeler's rules file (when the labeler has rules) is one of its inputs.
@@ -82,7 +82,7 @@ class Stage:
     @property
     def needs(self) -> tuple[str, ...]:
         """The stages that must finish first: its upstream, and those it takes a setting from."""
-        return tuple(dict.fromkeys([*self.upstream, *(src.split(".")[0] for src in self.takes.values())]))
+        return tuple(dict.fromkeys([*self.upstream, *(up for up, _ in self.takes.values())]))
 
     @property
     def pool(self) -> str | None:
@@ -161,7 +161,7 @@ STAGES = {
         # infer predicts with the version the champion gate left, never simply the model just trained.
         Stage(name="infer", entry="spark_jobs.batch_inference:run", help="topic distributions for all images",
               upstream=("shard",), settings=(), reads_taxonomy=False,
-              takes={"tracking.model_uri": "train.champion_uri"},
+              takes={"tracking.model_uri": ("train", "champion_uri")},
               extra_inputs="spark_jobs.batch_inference:model_inputs",
               outputs=lambda layout: [layout.predictions], asset=first_output, gpu=True, timeout_hours=12),
         Stage(name="report", entry="spark_jobs.data_study:run", help="HTML data-study report, logged to MLflow",
@@ -189,6 +189,5 @@ def mermaid() -> str:
     lines = ["flowchart TD"]
     for stage in STAGES.values():
         lines += [f"    {up} --> {stage.name}" for up in stage.upstream]
-        lines += [f"    {source.split('.')[0]} -. {source.split('.', 1)[1]} .-> {stage.name}"
-                  for source in stage.takes.values()]
+        lines += [f"    {up} -. {key} .-> {stage.name}" for up, key in stage.takes.values()]
     return "\n".join(lines) + "\n"

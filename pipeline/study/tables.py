@@ -15,6 +15,7 @@ In a notebook::
     from pipeline.config import load_settings
     from pipeline.orchestration.spark import get_spark
     from pipeline.study import tables as study
+
     settings = load_settings({"paths.dump_date": "20260301"})
     run = study.load(get_spark(settings, "notebook"), settings)
     study.dataset_metrics(run)            # Table 3.1
@@ -68,6 +69,7 @@ def model_thresholds(settings, model_uri: str, names: list[str]) -> list[float]:
     import mlflow
 
     from pipeline.orchestration import tracking
+
     tracking.configure(settings)
     local = mlflow.artifacts.download_artifacts(artifact_uri=f"{model_uri.rstrip('/')}/artifacts/thresholds.json")
     with open(local if os.path.isfile(local) else os.path.join(local, "thresholds.json"), encoding="utf-8") as f:
@@ -487,6 +489,7 @@ def model_comparison(settings, run: Run) -> pd.DataFrame | None:
     with, both on the run's test split (from the training run's MLflow metrics); None when this run
     trained no model or there was no champion to compare with."""
     from pipeline.orchestration import tracking
+
     train = run.summaries.get("train", {})
     if not train.get("run_id") or train.get("champion_auc_pr") is None:
         return None
@@ -507,6 +510,7 @@ def input_comparison(settings, run: Run) -> dict | None:
     train stage with the same test fingerprint). None unless this run trained a model and at least
     two modes were trained on its split."""
     from pipeline.orchestration import tracking
+
     train = run.summaries.get("train", {})
     if not train.get("run_id") or not train.get("test_fingerprint"):
         return None

@@ -51,6 +51,7 @@ def trained(tmp_path_factory):
     from pipeline.lake.layout import Layout
     from spark_jobs import batch_inference
     from training import train
+
     root = tmp_path_factory.mktemp("serving")
     base = {"paths.data_root": str(root / "data"), "paths.state_dir": str(root / "state"), **TRAIN}
     synthetic.write_images(load_settings(base, environ={}), SIZES, shard_size=100, complementary=True)

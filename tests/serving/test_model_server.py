@@ -94,6 +94,7 @@ def test_an_image_and_text_model_answers_from_words_alone(trained, model_server)
 
     from pipeline.orchestration import tracking
     from training.pyfunc import load_predictor
+
     tracking.configure(settings)
     model = load_predictor(f"models:/{MODEL}/{summary['model_version']}")
     direct = model.predict_inputs(None, model.encode_texts([t for _, _, t, _ in rows]))
@@ -235,6 +236,7 @@ def test_a_promotion_swaps_the_model_under_load_with_no_failed_request(trained, 
     """The server follows @champion: the alias moves, the new version loads beside the old one and takes
     over, and none of the requests sent meanwhile fails."""
     from pipeline.orchestration import tracking
+
     settings, summary, predictions = trained["image"]
     other = trained["image+text"][1]
     client = tracking.client(settings)
@@ -292,6 +294,7 @@ def test_not_ready_without_a_champion_then_ready_once_there_is_one(trained, mode
     r = server.predict([{"image": b64(jpeg())}])
     assert r.status_code == 503 and "not ready" in r.json()["error"]
     from pipeline.orchestration import tracking
+
     tracking.client(settings).set_registered_model_alias(MODEL, "nobody", str(summary["model_version"]))
     server.wait_ready(60)
     assert server.predict([{"image": b64(jpeg())}]).status_code == 200
