@@ -85,12 +85,13 @@ def bench_shards(index_path, store, backbone, size, batch, steps, labels, hierar
                  inputs="image") -> dict:
     from pipeline.features.texts import TextEncoding
     from training import data
+    from training.inputs import InputSpec, ModelInputs
 
     index = data.read_index(index_path, "train", labels, hierarchical, store)
     if len(index) == 0:
         raise SystemExit(f"{index_path}: no labeled, stored train images")
-    ds = data.ShardBatches(index, batch, size, shuffle=True, workers=workers, inputs=inputs,
-                           encoding=TextEncoding(DEFAULT_FIELDS))
+    ds = data.ShardBatches(index, batch, InputSpec(size, TextEncoding(DEFAULT_FIELDS)), ModelInputs(inputs),
+                           shuffle=True, workers=workers)
     steps = min(steps, len(ds))
     t = time.perf_counter()
     seen = sum(len(ds[i][1]) for i in range(steps))  # decode + batch, single thread
@@ -108,6 +109,7 @@ def bench_paired(modes, backbone, size, batch, steps, labels, jit, rounds, index
     """Per-step time of modes[1] over modes[0], trained in turn (module docstring)."""
     from pipeline.features.texts import TextEncoding
     from training import data
+    from training.inputs import InputSpec, ModelInputs
 
     n = batch * steps
     fits = []
@@ -115,8 +117,8 @@ def bench_paired(modes, backbone, size, batch, steps, labels, jit, rounds, index
         model = _model(backbone, size, labels, 1e-3, jit, mode)
         if index_path:
             index = data.read_index(index_path, "train", labels, hierarchical, store)
-            ds = data.ShardBatches(index, batch, size, shuffle=True, workers=workers, inputs=mode,
-                                   encoding=TextEncoding(DEFAULT_FIELDS))
+            ds = data.ShardBatches(index, batch, InputSpec(size, TextEncoding(DEFAULT_FIELDS)), ModelInputs(mode),
+                                   shuffle=True, workers=workers)
             model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)  # warm-up
 
             def fit(model=model, ds=ds):

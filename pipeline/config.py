@@ -22,10 +22,12 @@ from pipeline.features.texts import DEFAULT_FIELDS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _env(name: str, default, changes_outputs: bool = True, **kw):
+def _env(name: str, default, changes_outputs: bool = True, choices: tuple = (), **kw):
     """A setting read from environment variable ``name``; ``changes_outputs=False`` keeps it out of the
-    stages' fingerprints (``pipeline.orchestration.lineage``): changing it reruns nothing."""
-    return field(default=default, metadata={"env": name, "changes_outputs": changes_outputs}, **kw)
+    stages' fingerprints (``pipeline.orchestration.lineage``): changing it reruns nothing. ``choices``:
+    the only values it takes (checked when the settings are loaded)."""
+    return field(default=default, metadata={"env": name, "changes_outputs": changes_outputs, "choices": choices},
+                 **kw)
 
 
 @dataclass
@@ -193,8 +195,16 @@ class TrainConfig:
     # "flat" (sigmoid head) or "chmcnn" (C-HMCNN(h) max-constraint head + MCLoss; needs hierarchical labels).
     head: str = _env("MODEL_HEAD", "flat")
     jit_compile: bool = _env("JIT_COMPILE", False)
-    # What the model reads: "image" (pixels), "text" (the image's texts, pipeline.features.texts) or "image+text".
-    inputs: str = _env("MODEL_INPUTS", "image")
+    # What the model reads: "image" (pixels), "text" (the image's texts, pipeline.features.texts) or "image+text"
+    # (training.inputs).
+    inputs: str = _env("MODEL_INPUTS", "image", choices=("image", "text", "image+text"))
+    # "finetune": train the whole model from pixels; "heads": only what sits above the image tower, on the
+    # features the embed stage stored for the backbone (embed.backbone_uri); "auto": heads where those
+    # features cover the run's images, else finetune (and every finetune_every-th heads run, when > 0).
+    mode: str = _env("TRAIN_MODE", "auto", choices=("auto", "finetune", "heads"))
+    finetune_every: int = _env("FINETUNE_EVERY", 0)
+    # Batch size of heads training (small dense layers: large batches keep the CPU busy).
+    heads_batch_size: int = _env("HEADS_BATCH_SIZE", 4096)
     # Text fields, in order (pipeline.features.texts.FIELDS). Never the categories: the labels come from them.
     text_fields: str = _env("TEXT_FIELDS", DEFAULT_FIELDS)
     # Hashed vocabulary (words and character trigrams), tokens kept per field, embedding width.
@@ -209,6 +219,19 @@ class TrainConfig:
     # Loader workers as processes instead of threads (PIL decoding mostly releases the GIL anyway).
     use_multiprocessing: bool = _env("LOADER_MULTIPROCESSING", False)
     seed: int = _env("SEED", 0)
+
+
+@dataclass
+class EmbedConfig:
+    """The embed stage: the image tower's features of every stored image, computed once per backbone."""
+
+    # The registered model version whose image tower embeds (empty: the champion of
+    # <tracking.model_name>-<taxonomy>; a heads champion carries its backbone's tower).
+    backbone_uri: str = _env("BACKBONE_URI", "")
+    batch_size: int = _env("EMBED_BATCH_SIZE", 256, changes_outputs=False)
+    decode_threads: int = _env("EMBED_DECODE_THREADS", 2, changes_outputs=False)
+    # Remove the features of every other backbone once this one's are complete (default: keep them).
+    prune_other_backbones: bool = _env("EMBED_PRUNE_OTHER_BACKBONES", False, changes_outputs=False)
 
 
 @dataclass
@@ -266,6 +289,7 @@ class Settings:
     wit: WitConfig = field(default_factory=WitConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
@@ -322,7 +346,18 @@ def load_settings(overrides: dict[str, str] | None = None, environ=None) -> Sett
         if section is None or name not in {f.name for f in dataclasses.fields(section)}:
             raise ValueError(f"unknown setting {key!r}")
         setattr(section, name, _coerce(str(value), _field_types(section)[name]))
+    _check_choices(settings)
     return settings
+
+
+def _check_choices(settings: Settings) -> None:
+    for section_field in dataclasses.fields(settings):
+        section = getattr(settings, section_field.name)
+        for f in dataclasses.fields(section):
+            choices = f.metadata.get("choices")
+            if choices and getattr(section, f.name) not in choices:
+                raise ValueError(f"{section_field.name}.{f.name} ({f.metadata['env']}) must be one of "
+                                 f"{', '.join(choices)}, not {getattr(section, f.name)!r}")
 
 
 # ------------------------------------------------------------ the command lines' settings options

@@ -32,7 +32,7 @@ class Served:
     def about(self) -> dict:
         p = self.predictor
         return {"name": self.name, "version": self.version, "alias": self.alias, "uri": self.uri,
-                "taxonomy": p.taxonomy, "inputs": p.inputs, "image_size": p.image_size}
+                "taxonomy": p.taxonomy, "inputs": str(p.inputs), "image_size": p.image_size}
 
     def describe(self) -> dict:
         """The model and its label set, for the page and for clients (``GET /info``)."""

@@ -102,8 +102,8 @@ def _texts(index: int, obj: dict) -> dict:
     return texts
 
 
-def parse(body, max_instances: int, inputs: str) -> list[Instance]:
-    """The instances of a V1 body, for a model that reads ``inputs`` (image, text, image+text)."""
+def parse(body, max_instances: int, inputs) -> list[Instance]:
+    """The instances of a V1 body, for a model that reads ``inputs`` (``training.inputs.ModelInputs``)."""
     if not isinstance(body, dict) or "instances" not in body:
         raise RequestError(HTTPStatus.BAD_REQUEST, 'the body must be a JSON object {"instances": [...]}')
     items = body["instances"]
@@ -130,7 +130,7 @@ def parse(body, max_instances: int, inputs: str) -> list[Instance]:
         elif "title" in obj:
             inst.title = _title(i, obj["title"])
             inst.texts.setdefault("file_title", inst.title)
-        elif inputs == "image":
+        elif inputs.image_required:
             raise at(i, HTTPStatus.BAD_REQUEST, "this model reads images: give 'image' (base64) or 'title'")
         elif not inst.texts:
             raise at(i, HTTPStatus.BAD_REQUEST, f"nothing to read: give 'image', 'title' or texts ({', '.join(TEXT_KEYS)})")

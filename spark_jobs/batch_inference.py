@@ -26,6 +26,8 @@ from pipeline.labels.taxonomy import Taxonomy
 from pipeline.lake.atomic import require_input, write_spark
 from pipeline.lake.layout import Layout
 from pipeline.orchestration.spark import get_spark
+from training.inputs import ModelInputs
+from training.pyfunc import read_inputs_json
 
 STAGE = "infer"
 BATCH = 256
@@ -35,24 +37,13 @@ _PREDICTORS: dict[str, object] = {}
 
 def resolve_model(settings) -> tuple[str, str]:
     """(exact model URI, version) of the model to use: an alias is resolved once, here, to one version."""
-    from mlflow import MlflowClient
-
     from pipeline.orchestration import tracking
 
-    tracking.configure(settings)
     uri = settings.tracking.model_uri or f"models:/{tracking.model_name(settings)}@champion"
-    client = MlflowClient()
-    rest = uri[len("models:/"):] if uri.startswith("models:/") else None
     try:
-        if rest and "@" in rest:
-            name, alias = rest.split("@", 1)
-            version = str(client.get_model_version_by_alias(name, alias).version)
-            return f"models:/{name}/{version}", version
-        if rest and "/" in rest:
-            return uri, rest.split("/", 1)[1]
-    except Exception as e:  # noqa: BLE001 - the registry's own error says why
-        raise StageError(STAGE, uri, f"cannot resolve the model ({e}); has `train` registered one?") from e
-    return uri, ""
+        return tracking.resolve_version(settings, uri)
+    except LookupError as e:
+        raise StageError(STAGE, uri, f"{e}; has `train` registered one?") from e
 
 
 def model_inputs(settings) -> dict:
@@ -68,13 +59,39 @@ def _predictor(local_dir: str):
     return _PREDICTORS[local_dir]
 
 
-def predict_rows(batches, model_name: str, slugs: list[str], store: str):
+class _StoredFeatures:
+    """The stored features of one task's shards, one batch file decoded at a time (rows come in shard order)."""
+
+    def __init__(self, root: str | None, fingerprint: str | None, shards: set):
+        self.root, self.fingerprint, self.shards = root, fingerprint, shards
+        self.shard, self.rows = None, {}
+
+    def get(self, shard: str, key: str):
+        """Row ``key``'s features, or None where its shard has none (then its pixels are read)."""
+        from pipeline.features.embeddings import batch_file, read_batch
+
+        if self.root is None or shard not in self.shards:
+            return None
+        if shard != self.shard:
+            path = batch_file(self.root, shard)
+            keys, values = read_batch(path, self.fingerprint, STAGE)
+            self.shard, self.path, self.rows = shard, path, dict(zip(keys, values))
+        if key not in self.rows:
+            raise StageError(STAGE, self.path, f"no features for image {key!r} of {shard}")
+        return self.rows[key]
+
+
+def predict_rows(batches, model_name: str, slugs: list[str], store: str, features_root: str | None = None,
+                 fingerprint: str | None = None, featured: tuple = ()):
     """mapInPandas body: index rows (key, shard, offset, size, texts) in, one row of probabilities per image out.
 
     Rows arrive grouped by shard and in offset order, so each task reads its
-    tars front to back; images go through ``pipeline.features.imaging.preprocess`` at the
-    model's own input size, whatever the settings say, and texts through the
-    model's own text encoding (``pipeline.features.texts``), as in training.
+    tars (or its features files) front to back. Where the model's own image tower
+    made the stored features of a row's shard (``featured``), the model's heads
+    read them and no image is decoded; otherwise images go through
+    ``pipeline.features.imaging.preprocess`` at the model's own input size,
+    whatever the settings say. Texts go through the model's own text encoding
+    (``pipeline.features.texts``), as in training.
     """
     import pandas as pd
     from pyspark import SparkFiles
@@ -84,15 +101,19 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
     from pipeline.inputs.store import read_payload
 
     predictor = _predictor(SparkFiles.get(model_name))
+    stored = _StoredFeatures(features_root, fingerprint, set(featured))
     for pdf in batches:
         pdf = pdf.sort_values(["shard", "offset"])
         for start in range(0, len(pdf), BATCH):
             chunk = pdf.iloc[start:start + BATCH]
-            pixels = [None] * len(chunk)
+            pixels, features = [None] * len(chunk), [None] * len(chunk)
             if predictor.reads_image:
-                # only an image+text model gets rows without bytes: it reads their words alone
+                # only a model that reads words gets rows without bytes: it reads their words alone
                 for i, r in enumerate(chunk.itertuples(index=False)):
                     if r.status != "ok":
+                        continue
+                    features[i] = stored.get(r.shard, r.image_key)
+                    if features[i] is not None:
                         continue
                     path = f"{store.rstrip('/')}/{r.shard}"
                     try:
@@ -100,7 +121,7 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
                     except ImageError as e:
                         raise StageError(STAGE, path, f"image {r.image_key!r} at byte {r.offset}: {e}") from e
             texts = chunk[predictor.encoding.columns].to_dict("records") if predictor.reads_text else None
-            probs, ids = predictor.predict_rows(pixels, texts)
+            probs, ids = predictor.predict_rows(pixels, texts, features)
             probs = probs.astype("float64")
             out = pd.DataFrame({"image_key": chunk["image_key"].to_numpy()})
             for j, s in enumerate(slugs):
@@ -108,6 +129,22 @@ def predict_rows(batches, model_name: str, slugs: list[str], store: str):
             out["predicted"] = predictor.predicted_labels(probs)
             out["has_text"] = has_text(ids) if ids is not None else None
             yield out
+
+
+def features_for(store: str, spec: dict) -> tuple[str | None, str]:
+    """(features folder, why): the stored features the model's heads may read, or None and why not.
+
+    Only features of the model's own image tower (its fingerprint) are ever used.
+    """
+    from pipeline.features.embeddings import features_root, read_backbone
+
+    backbone = spec.get("backbone")
+    if not backbone:
+        return None, "the model has no image tower, or was logged before image features"
+    root = features_root(store, backbone["fingerprint"])
+    if read_backbone(root) is None:
+        return None, f"no features of the model's backbone {backbone['fingerprint']} (run the embed stage)"
+    return root, f"features of the model's backbone {backbone['fingerprint']}"
 
 
 def run(settings) -> dict:
@@ -119,7 +156,7 @@ def run(settings) -> dict:
     model_uri, version = resolve_model(settings)
 
     local_model = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=None)
-    model_inputs = _model_inputs(local_model)
+    model_inputs = read_inputs_json(os.path.join(local_model, "artifacts", "inputs.json"))
     # Spark ships a directory only in local mode; an archive it ships and unpacks on every executor
     # (SparkFiles.get(name) is the unpacked folder), in local mode and on a cluster alike.
     with tempfile.TemporaryDirectory(prefix="infer-model-") as tmp:
@@ -127,32 +164,28 @@ def run(settings) -> dict:
         return _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip, model_inputs)
 
 
-def _model_inputs(local_model: str) -> str:
-    """What a downloaded model reads (``training.pyfunc``'s inputs artifact; none: an image model)."""
-    import json
-
-    path = os.path.join(local_model, "artifacts", "inputs.json")
-    if not os.path.exists(path):
-        return "image"
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)["inputs"]
-
-
-def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip, model_inputs) -> dict:
+def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_zip, spec) -> dict:
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    from pipeline.features.embeddings import batch_file
+
+    inputs = ModelInputs(spec["inputs"])
+    store = store_root(settings)
+    root, why = features_for(store, spec) if inputs.reads_pixels else (None, "the model reads no image")
     model_name = os.path.basename(model_zip)
     spark = get_spark(settings, STAGE)
     spark.sparkContext.addArchive(model_zip)
     index = spark.read.parquet(index_path)
     texts = [c for c in ("file_title", *TEXT_COLUMNS) if c in index.columns]  # an older index has none
     # A model that reads words predicts every image, with or without bytes; an image model the stored ones.
-    todo = index if model_inputs != "image" else index.where(F.col("status") == "ok")
+    todo = index.where(F.col("status") == "ok") if inputs.image_required else index
     todo = todo.select("image_key", "status", "shard", "offset", "size", *texts)
-    n_shards = index.where(F.col("status") == "ok").select("shard").distinct().count()
-    if n_shards == 0 and model_inputs == "image":
+    shards = [r["shard"] for r in index.where(F.col("status") == "ok").select("shard").distinct().collect()]
+    n_shards = len(shards)  # one per thousand images: small
+    if n_shards == 0 and inputs.image_required:
         raise StageError(STAGE, index_path, "no image of this run has bytes in the image store")
+    featured = tuple(s for s in shards if root and os.path.exists(batch_file(root, s)))
 
     slugs = taxonomy.slugs
     schema = T.StructType(
@@ -160,16 +193,16 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
         + [T.StructField(f"p_{s}", T.DoubleType()) for s in slugs]
         + [T.StructField("predicted", T.ArrayType(T.StringType())), T.StructField("has_text", T.BooleanType())]
     )
-    store = store_root(settings)
+    fingerprint = (spec.get("backbone") or {}).get("fingerprint")
     predictions = todo.repartition(max(1, n_shards), "shard").mapInPandas(
-        lambda it: predict_rows(it, model_name, slugs, store), schema
+        lambda it: predict_rows(it, model_name, slugs, store, root, fingerprint, featured), schema
     )
     result = (
         index.select("image_key", "file_title", "split", "labeled", "status")
         .join(predictions, "image_key", "left")
         .withColumn("model_uri", F.lit(model_uri))
         .withColumn("model_version", F.lit(version))
-        .withColumn("model_inputs", F.lit(model_inputs))
+        .withColumn("model_inputs", F.lit(str(inputs)))
         .select(
             "image_key", "file_title", "split", "labeled", "status", "model_uri", "model_version", "model_inputs",
             *[f"p_{s}" for s in slugs], "predicted", "has_text",
@@ -184,6 +217,8 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
         F.sum(F.col("labeled").cast("int")).alias("labeled"),
         F.sum((~F.col("has_text")).cast("int")).alias("without_text"),
     ).first()
+    from_features = index.where((F.col("status") == "ok") & F.col("shard").isin(list(featured))).count() \
+        if featured and inputs.reads_pixels else 0
     return {
         "predictions": layout.predictions,
         "model_uri": model_uri,
@@ -191,7 +226,13 @@ def _predict(settings, layout, taxonomy, index_path, model_uri, version, model_z
         "rows": counts["rows"],
         "rows_with_probabilities": counts["predicted"],
         "labeled_rows": counts["labeled"],
-        "model_inputs": model_inputs,
+        "model_inputs": str(inputs),
+        # where the images were read from: the stored features of the model's own tower, else pixels
+        "image_source": ("features" if featured and len(featured) == n_shards else
+                         "features+pixels" if featured else "pixels" if inputs.reads_pixels else None),
+        "image_source_reason": why if not featured or len(featured) == n_shards else
+        f"{why}; {n_shards - len(featured)} shards without them read pixels",
+        "rows_from_features": from_features,
         # images the model read no word about (null for a model that reads no text)
         "rows_without_text": counts["without_text"],
         "shards": n_shards,

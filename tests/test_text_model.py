@@ -77,7 +77,7 @@ def _image_text_model(runs, n: int):
     tracking.configure(s)
     model = load_predictor(f"models:/wiki-image-topics-v1.3/{summary['model_version']}")
     index = data.split_index(s, "test", len(model.names))
-    return summary, model, index, data.load_inputs(index, "image", model.image_size)["image"][:n]
+    return summary, model, index, data.read_images(index, np.arange(n), model.image_size)
 
 
 def test_image_and_text_model_predicts_without_text(runs):
@@ -129,7 +129,7 @@ def test_served_equals_what_training_measured(runs, mode):
     assert unwrapped.inputs == mode
     index = data.split_index(s, "test", len(Taxonomy.load("v1.3").names))
     rows = np.arange(12)
-    x = data.read_inputs(index, rows, mode, 32, unwrapped.encoding)
+    x = data.read_inputs(index, rows, unwrapped.inputs, unwrapped.spec)
     direct = unwrapped.predict_inputs(x.get("image"), x.get("text"))
 
     frame = pd.DataFrame(_rows(index, rows))

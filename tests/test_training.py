@@ -23,6 +23,9 @@ from training import data
 from training.pyfunc import load_predictor
 
 REPO = Path(__file__).resolve().parents[1]
+from training.inputs import InputSpec, ModelInputs  # noqa: E402
+
+IMAGE, PIXELS32 = ModelInputs("image"), InputSpec(32)
 SIZES = {"train": 1024, "validation": 64, "threshold": 96, "test": 128}
 # What B0 from scratch needs to beat chance on CPU in one epoch: ~64 optimizer steps
 # (1024 images, batch 16, lr 2e-3). With 16 steps (512 images, batch 32) the BatchNorm
@@ -82,14 +85,14 @@ def test_index_skips_unlabeled_and_picks_target(small_shards):
 def test_batches_shapes_shuffle_and_determinism(small_shards):
     tax = Taxonomy.load("v1.3")
     index = data.split_index(small_shards, "train", len(tax.names))
-    ds = data.ShardBatches(index, batch_size=16, image_size=32, seed=3)
+    ds = data.ShardBatches(index, 16, PIXELS32, IMAGE, seed=3)
     assert len(ds) == 3
     x, y = ds[0]
     assert x.shape == (16, 32, 32, 3) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255
     assert y.shape == (16, len(tax.names)) and y.dtype == np.float32
     assert len({index.shard[r] for r in ds.order[:16]}) > 1  # shuffled across shards
     first = ds.order.copy()
-    assert np.array_equal(first, data.ShardBatches(index, 16, 32, seed=3).order)
+    assert np.array_equal(first, data.ShardBatches(index, 16, PIXELS32, IMAGE, seed=3).order)
     ds.on_epoch_end()
     assert not np.array_equal(first, ds.order) and sorted(first) == sorted(ds.order)
     # targets follow their images
@@ -100,7 +103,7 @@ def test_batches_shapes_shuffle_and_determinism(small_shards):
     # concurrent loader threads read the same shards without mixing up bytes
     from concurrent.futures import ThreadPoolExecutor
 
-    small = data.ShardBatches(index, batch_size=4, image_size=32, seed=5)
+    small = data.ShardBatches(index, 4, PIXELS32, IMAGE, seed=5)
     expected = [small[i][0] for i in range(len(small))]
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda i: small[i][0], list(range(len(small))) * 3))
@@ -117,15 +120,15 @@ def test_batches_shapes_shuffle_and_determinism(small_shards):
         handles = list(pool.map(handle, range(50)))
     assert len({h for _, h in handles}) == len({t for t, _ in handles})
     # batch size is clipped to the split size
-    assert len(data.ShardBatches(index, 10_000, 32)) == 1
+    assert len(data.ShardBatches(index, 10_000, PIXELS32, IMAGE)) == 1
     # training batches leave out each epoch's partial batch: one shape, a different remainder each epoch
-    train = data.ShardBatches(index, 16, 32, seed=3, drop_remainder=True)
+    train = data.ShardBatches(index, 16, PIXELS32, IMAGE, seed=3, drop_remainder=True)
     assert len(train) == 2 and all(len(train[i][1]) == 16 for i in range(2))
     left_out = [set(train.order[32:])]
     train.on_epoch_end()
     left_out.append(set(train.order[32:]))
     assert left_out[0] != left_out[1]
-    assert len(data.ShardBatches(index, 10_000, 32, drop_remainder=True)) == 1
+    assert len(data.ShardBatches(index, 10_000, PIXELS32, IMAGE, drop_remainder=True)) == 1
 
 
 def test_empty_and_missing_splits_are_clear_errors(small_shards, tmp_path):
@@ -200,7 +203,7 @@ def test_pyfunc_predicts_from_bytes_and_arrays(trained):
     assert predictor.names == tax.names and predictor.image_size == 32
 
     index = data.split_index(s, "test", len(tax.names))
-    x = data.load_inputs(index, "image", 32)["image"]
+    x = data.read_images(index, np.arange(len(index)), 32)
     probs = predictor.predict_arrays(x[:20])
     assert probs.shape == (20, len(tax.names)) and probs.dtype == np.float32
     assert ((probs >= 0) & (probs <= 1)).all()

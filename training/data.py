@@ -44,6 +44,13 @@ class ShardIndex:
     extra: dict = field(default_factory=dict)
     source: str = ""  # the image index it was read from
     texts: object = None  # pyarrow Table of the text columns, row-aligned; read on demand (read_texts)
+    features: object = None  # pipeline.features.embeddings.FeatureIndex, row-aligned (attach_features)
+
+    @property
+    def shard_names(self) -> list[str]:
+        """Each row's shard, relative to the store (``shards/shard-NNNNNN.tar``)."""
+        names = [p.rsplit("/", 2) for p in self.paths]
+        return [f"{names[i][-2]}/{names[i][-1]}" for i in self.shard]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -121,17 +128,17 @@ def read_texts(index: ShardIndex, rows, encoding) -> "np.ndarray":
     return encoding.encode_rows(table.to_pylist())
 
 
-def read_inputs(index: ShardIndex, rows, inputs: str, image_size: int, encoding=None) -> dict:
-    """The model inputs for ``rows``: ``image`` (uint8) and/or ``text`` (int32 ids), as ``inputs`` says;
-    an image+text model also gets ``has_image`` (all 1: the index only lists images with bytes)."""
-    out = {}
-    if inputs != "text":
-        out["image"] = read_images(index, rows, image_size)
-    if inputs != "image":
-        out["text"] = read_texts(index, rows, encoding)
-    if inputs == "image+text":
-        out["has_image"] = np.ones((len(rows), 1), dtype="float32")
-    return out
+def read_inputs(index: ShardIndex, rows, inputs, spec) -> dict:
+    """The model inputs for ``rows`` (``training.inputs.ModelInputs.read``: each input reads its own part)."""
+    return inputs.read(index, rows, spec)
+
+
+def attach_features(index: ShardIndex, root: str, fingerprint: str) -> ShardIndex:
+    """Give ``index`` its images' stored features (``pipeline.features.embeddings``); StageError where any lacks them."""
+    from pipeline.features.embeddings import FeatureIndex
+
+    index.features = FeatureIndex(root, fingerprint, index.shard_names, index.keys, STAGE)
+    return index
 
 
 def split_index(settings, split: str, num_labels: int, hierarchical: bool | None = None) -> ShardIndex:
@@ -163,50 +170,64 @@ def read_images(index: ShardIndex, rows, image_size: int) -> np.ndarray:
 class ShardBatches(keras.utils.PyDataset):
     """Batches (x, y float32 multi-hot) of one split, reshuffled every epoch.
 
-    x is float32 NHWC 0..255 for an image model, else a dict with ``image``
-    and/or ``text`` (int32 ids, ``pipeline.features.texts``). ``drop_remainder`` (for
-    training) leaves out each epoch's last, partial batch, as ``tf.data`` and
-    PyTorch do: every step then has one shape, so the train step is traced
-    once (a second shape retraces it, seconds of CPU for EfficientNet), and
-    BatchNormalization never sees a batch of a few images. The reshuffle
-    leaves out other images each epoch.
+    x is the dict ``inputs`` reads (``training.inputs``: float32 NHWC 0..255 ``image``,
+    int32 ``text`` ids, float32 ``features``), or the bare image array for a model
+    that reads pixels only. ``drop_remainder`` (for training) leaves out each
+    epoch's last, partial batch, as ``tf.data`` and PyTorch do: every step then
+    has one shape, so the train step is traced once (a second shape retraces it,
+    seconds of CPU for EfficientNet), and BatchNormalization never sees a batch
+    of a few images. The reshuffle leaves out other images each epoch.
+
+    Stored features are read by file, so their order is shuffled as WebDataset
+    shuffles: shards in a new order each epoch, images within windows of
+    ``window_shards`` shards. Memory stays at a window's features whatever the split's size.
     """
 
     def __init__(
         self,
         index: ShardIndex,
         batch_size: int,
-        image_size: int,
+        spec,
+        inputs,
         shuffle: bool = True,
         seed: int = 0,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
-        inputs: str = "image",
-        encoding=None,
         drop_remainder: bool = False,
+        window_shards: int = 32,
     ):
         super().__init__(workers=max(1, workers), use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if len(index) == 0:
             raise StageError(STAGE, index.split, f"split {index.split!r} has no labeled samples")
         self.index = index
         self.batch_size = max(1, min(int(batch_size), len(index)))
-        self.image_size = image_size
-        self.inputs, self.encoding = inputs, encoding
-        if inputs != "image":
+        self.spec, self.inputs = spec, inputs
+        if inputs.reads_words:
             _text_table(index)  # read once here, not by every loader thread at once
         self.shuffle = shuffle
         self.drop_remainder = drop_remainder
         self.seed = seed
+        self.window_shards = max(1, window_shards)
         self.epoch = 0
         self._set_order()
 
     def _set_order(self):
         n = len(self.index)
-        if self.shuffle:
-            self.order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-        else:
+        if not self.shuffle:
             self.order = np.arange(n)
+            return
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if not self.inputs.reads_features:
+            self.order = rng.permutation(n)
+            return
+        # rows are in shard order: shuffle the shards, then the rows within each window of shards
+        shards = rng.permutation(len(self.index.paths))
+        rank = np.empty_like(shards)
+        rank[shards] = np.arange(len(shards))
+        by_shard = np.argsort(rank[self.index.shard], kind="stable")
+        window = rank[self.index.shard[by_shard]] // self.window_shards
+        self.order = by_shard[np.lexsort((rng.random(n), window))]
 
     def __len__(self) -> int:
         if self.drop_remainder:
@@ -215,18 +236,16 @@ class ShardBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        if self.inputs == "image":
-            return read_images(self.index, rows, self.image_size).astype("float32"), self.index.y[rows]
-        x = read_inputs(self.index, rows, self.inputs, self.image_size, self.encoding)
+        x = self.inputs.read(self.index, rows, self.spec)
         if "image" in x:
             x["image"] = x["image"].astype("float32")
-        return x, self.index.y[rows]
+        return (x["image"] if list(x) == ["image"] else x), self.index.y[rows]
 
     def on_epoch_end(self):
         self.epoch += 1
         self._set_order()
 
 
-def load_inputs(index: ShardIndex, inputs: str, image_size: int, encoding=None) -> dict:
-    """A whole (small) split's model inputs in memory (``read_inputs`` over every row)."""
-    return read_inputs(index, np.arange(len(index)), inputs, image_size, encoding)
+def load_inputs(index: ShardIndex, inputs, spec) -> dict:
+    """A whole (small) split's model inputs in memory (``inputs.read`` over every row)."""
+    return inputs.read(index, np.arange(len(index)), spec)

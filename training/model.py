@@ -13,6 +13,13 @@
   the pixels of others, so the model still predicts when one is missing.
 
 Every mode ends in the same hidden layer and heads (flat sigmoid or C-HMCNN).
+
+A model that reads pixels is two models composed: the image tower (pixels ->
+pooled features, rounded to float16: ``build_tower``) and the heads (features
+and/or words -> probabilities: ``build_head``). The ``embed`` stage stores the
+tower's output once per image; ``train.mode=heads`` trains only the heads on it
+and composes them with the tower it came from, and ``infer`` runs the heads
+alone on stored features (``parts``), with the same probabilities as from pixels.
 """
 
 from __future__ import annotations
@@ -23,16 +30,19 @@ import keras
 import numpy as np
 from keras import ops
 
+from training.inputs import InputSpec, ModelInputs
 from training.losses import max_constraint
 
 BACKBONES = {f"B{i}": f"EfficientNetB{i}" for i in range(8)}
-INPUTS = ("image", "text", "image+text")
+TOWER, HEAD = "image_tower", "head"
 
 
-def check_inputs(inputs: str) -> str:
-    if inputs not in INPUTS:
-        raise ValueError(f"train.inputs must be one of {', '.join(INPUTS)}, not {inputs!r}")
-    return inputs
+@keras.saving.register_keras_serializable(package="wit_topics")
+class HalfRound(keras.layers.Layer):
+    """Rounds to float16 and back: the tower's output as the ``embed`` stage stores it."""
+
+    def call(self, x):
+        return ops.cast(ops.cast(x, "float16"), "float32")
 
 
 @keras.saving.register_keras_serializable(package="wit_topics")
@@ -135,6 +145,108 @@ class MaxConstraint(keras.layers.Layer):
         return {**super().get_config(), "ancestor_matrix": self.ancestor_matrix}
 
 
+def _weights(weights):
+    """(keras.applications weights, local .weights.h5 path) for ``train.weights``."""
+    if weights in ("none", "None", "", None):
+        return None, None
+    if weights == "imagenet":
+        return "imagenet", None
+    if not os.path.exists(weights):
+        raise FileNotFoundError(f"weights file {weights!r} not found")
+    return None, weights
+
+
+def build_tower(backbone: str = "B0", weights: str = "imagenet", image_size: int = 64, trainable="all",
+                bn_momentum: float = 0.99) -> keras.Model:
+    """The image tower: pixels -> EfficientNet<backbone>, average-pooled, rounded to float16.
+
+    Its output is what the ``embed`` stage stores (fp16), so the rounding is part of the model:
+    the heads read the same numbers from the tower as from the stored features.
+    """
+    key = backbone.upper() if not backbone.upper().startswith("EFFICIENTNET") else backbone.upper()[12:]
+    if key not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
+    app_weights, _ = _weights(weights)
+    base = getattr(keras.applications, BACKBONES[key])(
+        include_top=False, weights=app_weights, input_shape=(image_size, image_size, 3), pooling="avg")
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    if trainable != "all":
+        n = int(trainable)
+        base.trainable = True
+        for i, layer in enumerate(base.layers):
+            layer.trainable = i >= len(base.layers) - n if n > 0 else False
+    image = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
+    features = HalfRound(dtype="float32", name="half_round")(base(image))
+    return keras.Model(image, features, name=TOWER)
+
+
+def build_head(num_labels: int, inputs, spec: InputSpec, hierarchical_head: bool = False, ancestor_matrix=None,
+               text_vocab: int = 32768, text_dim: int = 32, drop_text: float = 0.0, drop_image: float = 0.0,
+               seed: int | None = None) -> keras.Model:
+    """The heads: [image features] [+ TextBag] + Dense(128, relu) + Dense(num_labels, sigmoid).
+
+    ``inputs``: what the heads read (``ModelInputs`` without pixels: ``features``, ``text`` or
+    ``features+text``); an image beside words also takes ``has_image``, and ``ModalityDropout``
+    puts a learned vector where the image is missing.
+    """
+    if hierarchical_head and ancestor_matrix is None:
+        raise ValueError("hierarchical_head needs the taxonomy's ancestor_matrix")
+    feeds = inputs.keras_inputs(spec)
+    parts = []
+    if "features" in feeds:
+        parts.append(feeds["features"])
+    if "text" in feeds:
+        ids = feeds["text"]
+        if "has_image" in feeds:
+            parts[0], ids = ModalityDropout(drop_text, drop_image, seed, name="modality_dropout")(
+                [parts[0], ids, feeds["has_image"]])
+        parts.append(TextBag(text_vocab, text_dim, name="text_bag")(ids))
+    x = parts[0] if len(parts) == 1 else keras.layers.Concatenate(name="fusion")(parts)
+    x = keras.layers.Dense(128, activation="relu", name="hidden")(x)
+    # float32 output even under a mixed policy, so losses and thresholds see full precision.
+    out = keras.layers.Dense(num_labels, activation="sigmoid", dtype="float32", name="probs")(x)
+    if hierarchical_head:
+        out = MaxConstraint(ancestor_matrix, dtype="float32", name="max_constraint")(out)
+    return keras.Model(feeds, out, name=HEAD)
+
+
+def compose(tower: keras.Model | None, head: keras.Model, name: str = "topics") -> keras.Model:
+    """The whole model: pixels through the tower into the heads (the heads alone when there is no tower)."""
+    if tower is None:
+        return head
+    feeds, head_feeds = {}, {}
+    for t in head.inputs:
+        if t.name == "features":
+            feeds["image"] = keras.Input(tuple(tower.input.shape[1:]), dtype="float32", name="image")
+            head_feeds["features"] = tower(feeds["image"])
+        else:
+            feeds[t.name] = keras.Input(tuple(t.shape[1:]), dtype=t.dtype, name=t.name)
+            head_feeds[t.name] = feeds[t.name]
+    single = list(feeds) == ["image"]
+    return keras.Model(feeds["image"] if single else feeds, head(head_feeds), name=name)
+
+
+def parts(model: keras.Model) -> tuple[keras.Model | None, keras.Model]:
+    """(image tower or None, heads) of a model built by ``build_model`` or ``compose``."""
+    names = {layer.name for layer in model.layers}
+    if HEAD not in names:
+        return None, model  # a text model is its heads
+    return (model.get_layer(TOWER) if TOWER in names else None), model.get_layer(HEAD)
+
+
+def backbone_fingerprint(tower: keras.Model) -> str:
+    """What stored features depend on: the tower's weights, input size and output width (sha256, 16 hex)."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({"input": list(tower.input.shape[1:]), "dim": int(tower.output.shape[-1])}).encode())
+    for w in tower.weights:
+        h.update(np.ascontiguousarray(ops.convert_to_numpy(w), dtype="float32").tobytes())
+    return h.hexdigest()[:16]
+
+
 def build_model(
     num_labels: int,
     backbone: str = "B0",
@@ -144,7 +256,7 @@ def build_model(
     hierarchical_head: bool = False,
     ancestor_matrix=None,
     bn_momentum: float = 0.99,
-    inputs: str = "image",
+    inputs="image",
     text_shape: tuple[int, int] = (6, 48),
     text_vocab: int = 32768,
     text_dim: int = 32,
@@ -152,7 +264,7 @@ def build_model(
     drop_image: float = 0.0,
     seed: int | None = None,
 ) -> keras.Model:
-    """[EfficientNet<backbone> (avg-pooled)] [+ TextBag] + Dense(128, relu) + Dense(num_labels, sigmoid).
+    """The whole model: ``build_tower`` (when it reads pixels) composed with ``build_head``.
 
     ``weights``: "imagenet" (downloaded by Keras), "none" (random init) or a
     path to a ``.weights.h5`` file of this same model, loaded after building.
@@ -162,65 +274,28 @@ def build_model(
     is 0.99); a lower one (0.9) lets the moving statistics of a model trained
     from scratch on a small set catch up within a few hundred steps, so that
     validation loss is not noise in the first epochs.
-    ``inputs``: "image", "text" or "image+text"; ``text_shape`` is (fields,
-    tokens per field) of the ``text`` input; ``drop_text``/``drop_image`` the
+    ``inputs``: a ``ModelInputs`` or its name ("image", "text", "image+text"); ``text_shape`` is
+    (fields, tokens per field) of the ``text`` input; ``drop_text``/``drop_image`` the
     modality dropout shares (image+text only).
     """
-    check_inputs(inputs)
-    key = backbone.upper() if not backbone.upper().startswith("EFFICIENTNET") else backbone.upper()[12:]
-    if key not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
-    local_weights = None
-    if weights in ("none", "None", "", None):
-        app_weights = None
-    elif weights == "imagenet":
-        app_weights = "imagenet"
-    else:
-        if not os.path.exists(weights):
-            raise FileNotFoundError(f"weights file {weights!r} not found")
-        app_weights, local_weights = None, weights
-    if hierarchical_head and ancestor_matrix is None:
-        raise ValueError("hierarchical_head needs the taxonomy's ancestor_matrix")
-
-    model_inputs, features = {}, []
-    if inputs != "text":
-        base = getattr(keras.applications, BACKBONES[key])(
-            include_top=False,
-            weights=app_weights,
-            input_shape=(image_size, image_size, 3),
-            pooling="avg",
-        )
-        for layer in base.layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = bn_momentum
-        if trainable != "all":
-            n = int(trainable)
-            base.trainable = True
-            layers = base.layers
-            for i, layer in enumerate(layers):
-                layer.trainable = i >= len(layers) - n if n > 0 else False
-        model_inputs["image"] = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
-        features.append(base(model_inputs["image"]))
-    if inputs != "image":
-        model_inputs["text"] = keras.Input(tuple(text_shape), dtype="int32", name="text")
-        ids = model_inputs["text"]
-        if inputs == "image+text":
-            model_inputs["has_image"] = keras.Input((1,), dtype="float32", name="has_image")
-            features[0], ids = ModalityDropout(drop_text, drop_image, seed, name="modality_dropout")(
-                [features[0], ids, model_inputs["has_image"]])
-        features.append(TextBag(text_vocab, text_dim, name="text_bag")(ids))
-    x = features[0] if len(features) == 1 else keras.layers.Concatenate(name="fusion")(features)
-    x = keras.layers.Dense(128, activation="relu", name="hidden")(x)
-    # float32 output even under a mixed policy, so losses and thresholds see full precision.
-    out = keras.layers.Dense(num_labels, activation="sigmoid", dtype="float32", name="probs")(x)
-    if hierarchical_head:
-        out = MaxConstraint(ancestor_matrix, dtype="float32", name="max_constraint")(out)
-    name = {"image": f"efficientnet{key.lower()}_topics", "text": "text_topics",
-            "image+text": f"efficientnet{key.lower()}_text_topics"}[inputs]
-    model = keras.Model(model_inputs["image"] if inputs == "image" else model_inputs, out, name=name)
+    inputs = inputs if isinstance(inputs, ModelInputs) else ModelInputs(inputs)
+    _, local_weights = _weights(weights)
+    tower = build_tower(backbone, weights, image_size, trainable, bn_momentum) if inputs.reads_pixels else None
+    encoding = _Shape(text_shape)
+    spec = InputSpec(image_size, encoding, int(tower.output.shape[-1]) if tower is not None else 0)
+    head = build_head(num_labels, inputs.heads(), spec, hierarchical_head, ancestor_matrix, text_vocab, text_dim,
+                      drop_text, drop_image, seed)
+    model = compose(tower, head, name=f"{inputs.name.replace('+', '_')}_topics")
     if local_weights:
         model.load_weights(local_weights)
     return model
+
+
+class _Shape:
+    """A stand-in text encoding that only knows its shape (what ``build_head`` needs of it)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
 
 
 def predict_probs(model, x, batch_size: int = 256) -> np.ndarray:

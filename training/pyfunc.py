@@ -4,8 +4,10 @@ Artifacts: ``keras_model`` (a ``.keras`` file, float32, no optimizer state),
 ``thresholds`` (JSON ``{"labels": [...], "thresholds": [...]}``),
 ``labels`` (JSON ``{"taxonomy": ..., "names": [...], "slugs": [...]}``), so a
 loaded model needs no taxonomy file, and ``inputs`` (JSON ``{"inputs":
-"image" | "text" | "image+text", "text": {fields, vocab, max_tokens}}``, how
-texts are encoded; absent in models logged before texts: image). The model
+"image" | "text" | "image+text", "text": {fields, vocab, max_tokens}, "backbone":
+{fingerprint, dim, ...}}``: ``training.inputs.ModelInputs``, how texts are encoded,
+and which stored image features the heads may read; absent in models logged
+before texts: image). The model
 carries the code it imports (``MODEL_CODE``, as ``code_paths``) and an input
 example, so ``mlflow models serve`` loads it without this checkout.
 """
@@ -59,46 +61,54 @@ class TopicModel(_Base):
         if list(thr["labels"]) != self.names:
             raise ValueError("thresholds.json and labels.json disagree on the label order")
         self.thresholds = np.asarray(thr["thresholds"], dtype="float32")
-        spec = {"inputs": "image", "text": None}
-        if inputs_path:
-            with open(inputs_path, encoding="utf-8") as f:
-                spec = json.load(f)
+        spec = read_inputs_json(inputs_path)
         from pipeline.features.texts import TextEncoding
+        from training.inputs import InputSpec, ModelInputs
+        from training.model import parts
 
-        self.inputs = spec["inputs"]
+        self.inputs = ModelInputs(spec["inputs"])
         self.encoding = TextEncoding.from_dict(spec["text"]) if spec.get("text") else None
+        # the image tower's stored features stand in for pixels only where they came from this very tower
+        self.backbone = spec.get("backbone")
+        self.tower, self.head = parts(self.model)
         shapes = {t.name: t.shape for t in self.model.inputs}
         self.image_size = int(shapes["image"][1]) if "image" in shapes else None
+        self.spec = InputSpec(self.image_size or 0, self.encoding, int(self.backbone["dim"]) if self.backbone else 0)
 
     @property
     def reads_image(self) -> bool:
-        return self.inputs != "text"
+        return self.inputs.reads_pixels
 
     @property
     def reads_text(self) -> bool:
-        return self.inputs != "image"
+        return self.inputs.reads_words
 
     def encode_texts(self, rows) -> np.ndarray:
         """Text ids for index rows (mappings from index column to value), as training encoded them."""
         return self.encoding.encode_rows(rows)
 
-    def predict_inputs(self, images=None, text_ids=None, has_image=None) -> np.ndarray:
-        """Probabilities (N, labels): uint8 images N x H x W x 3 of any size and/or text ids, as the model reads.
+    def predict_inputs(self, images=None, text_ids=None, has_image=None, features=None) -> np.ndarray:
+        """Probabilities (N, labels): uint8 images N x H x W x 3 of any size, or the image tower's features
+        (N x dim, as the ``embed`` stage stores them), and/or text ids, as the model reads.
 
-        An image+text model also predicts without images: ``images=None`` (none
-        at all) or ``has_image`` 0 for the rows whose image is missing.
+        With ``features`` only the heads run (no tower). A model that reads words also predicts without
+        images: ``images=None`` (none at all) or ``has_image`` 0 for the rows whose image is missing.
         """
         from training.model import predict_probs
 
+        if features is not None and self.tower is None:
+            raise ValueError(f"this model ({self.inputs}) has no image tower: it reads no image features")
+        inputs, model = (self.inputs.heads(), self.head) if features is not None else (self.inputs, self.model)
+        n = len(next(x for x in (images, features, text_ids) if x is not None))
         feed = {}
-        if self.inputs == "image+text":
-            n = len(text_ids)
-            if images is None:
-                images = np.zeros((n, self.image_size, self.image_size, 3), dtype="uint8")
-                has_image = np.zeros(n, dtype="float32")
-            present = np.ones(n, dtype="float32") if has_image is None else np.asarray(has_image, dtype="float32")
-            feed["has_image"] = present.reshape(n, 1)
-        if self.reads_image:
+        if inputs.has_image_flag:
+            if images is None and features is None:
+                feed.update(inputs.blank(n, self.spec))
+                feed.pop("text", None)
+            else:
+                present = np.ones(n, dtype="float32") if has_image is None else np.asarray(has_image, dtype="float32")
+                feed["has_image"] = present.reshape(n, 1)
+        if inputs.reads_pixels and "image" not in feed:
             if images is None:
                 raise ValueError(f"this model reads {self.inputs}: it needs images")
             x = np.asarray(images)
@@ -107,30 +117,43 @@ class TopicModel(_Base):
             from pipeline.features.imaging import preprocess_array
 
             feed["image"] = preprocess_array(x.astype("uint8", copy=False), self.image_size)
-        if self.reads_text:
+        if inputs.reads_features:
+            feed["features"] = np.asarray(features, dtype="float32")
+        if inputs.reads_words:
             if text_ids is None:
                 raise ValueError(f"this model reads {self.inputs}: it needs texts")
             feed["text"] = np.asarray(text_ids, dtype="int32")
-        return predict_probs(self.model, feed if self.inputs != "image" else feed["image"], self.batch_size)
+        return predict_probs(model, feed, self.batch_size)
 
-    def predict_rows(self, pixels: list, texts: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_rows(self, pixels: list, texts: list | None = None, features: list | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities, text ids) for rows of prepared pixels and their texts: the one rule of batch
         inference, the model server and ``predict``.
 
         ``pixels[i]`` is ``preprocess``'s H x W x 3 at ``image_size``, or None where row i has no image: it
         is fed as a blank with ``has_image`` 0, which an image+text model reads as "words alone" (an
-        image model would predict the blank: its callers check first). ``texts[i]`` maps index columns
-        to values (missing: no words). The text ids come back for ``has_text``.
+        image model would predict the blank: its callers check first). ``features[i]``, where given, is
+        row i's stored image features: the heads read them instead of the tower reading its pixels.
+        ``texts[i]`` maps index columns to values (missing: no words). The text ids come back for ``has_text``.
         """
         n = len(pixels)
-        images = has_image = ids = None
-        if self.reads_image:
-            blank = np.zeros((self.image_size, self.image_size, 3), dtype="uint8")
-            has_image = np.asarray([p is not None for p in pixels], dtype="float32")
-            images = np.stack([blank if p is None else p for p in pixels]) if n else blank[np.newaxis][:0]
-        if self.reads_text:
-            ids = self.encode_texts(texts if texts is not None else [{}] * n)
-        return self.predict_inputs(images, ids, has_image), ids
+        ids = self.encode_texts(texts if texts is not None else [{}] * n) if self.reads_text else None
+        probs = np.empty((n, len(self.names)), dtype="float32")
+        stored = np.asarray([features is not None and features[i] is not None for i in range(n)], dtype=bool)
+        if stored.any():
+            rows = np.nonzero(stored)[0]
+            probs[rows] = self.predict_inputs(text_ids=None if ids is None else ids[rows],
+                                              features=np.stack([features[i] for i in rows]))
+        rows = np.nonzero(~stored)[0]
+        if len(rows) or n == 0:
+            images = has_image = None
+            if self.reads_image:
+                blank = np.zeros((self.image_size, self.image_size, 3), dtype="uint8")
+                has_image = np.asarray([pixels[i] is not None for i in rows], dtype="float32")
+                images = np.stack([blank if pixels[i] is None else pixels[i] for i in rows]) if len(rows) \
+                    else blank[np.newaxis][:0]
+            probs[rows] = self.predict_inputs(images, None if ids is None else ids[rows], has_image)
+        return probs, ids
 
     def predict_arrays(self, x) -> np.ndarray:
         """Probabilities (N, labels) for uint8 images N x H x W x 3 of any size (image models)."""
@@ -148,12 +171,12 @@ class TopicModel(_Base):
             probs = self.predict_inputs(model_input, ids)
         else:
             frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"image": list(model_input)})
-            if self.reads_image and "image" not in frame.columns and self.inputs == "image":
+            if self.inputs.image_required and "image" not in frame.columns:
                 raise ValueError(f"input DataFrame needs an 'image' column of encoded bytes, has {list(frame.columns)}")
             column = frame["image"] if "image" in frame.columns else [None] * len(frame)
             # image+text: a row without image bytes is predicted from its words alone
             given = [isinstance(b, (bytes, bytearray, memoryview)) and len(b) > 0 for b in column]
-            if self.inputs == "image" and not all(given):
+            if self.inputs.image_required and not all(given):
                 raise ValueError("this model reads images: every row needs image bytes")
             pixels = [None] * len(frame)
             if self.reads_image:
@@ -168,9 +191,21 @@ class TopicModel(_Base):
         return out
 
 
-def artifacts_for(dir_path: str, model, names, slugs, thresholds, taxonomy: str, inputs: str = "image",
-                  encoding=None) -> dict:
-    """Write the four artifacts into ``dir_path``; returns the ``artifacts`` dict for log_model."""
+def read_inputs_json(path: str | None) -> dict:
+    """A logged model's ``inputs.json`` (absent in models logged before texts: an image model)."""
+    if not path or not __import__("os").path.exists(path):
+        return {"inputs": "image", "text": None, "backbone": None}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def artifacts_for(dir_path: str, model, names, slugs, thresholds, taxonomy: str, inputs, encoding=None,
+                  backbone: dict | None = None) -> dict:
+    """Write the four artifacts into ``dir_path``; returns the ``artifacts`` dict for log_model.
+
+    ``backbone`` (the image tower's fingerprint, width and where it came from) says which stored
+    features (``pipeline.features.embeddings``) the model's heads may read instead of pixels.
+    """
     import os
 
     keras_path = os.path.join(dir_path, "model.keras")
@@ -183,29 +218,15 @@ def artifacts_for(dir_path: str, model, names, slugs, thresholds, taxonomy: str,
         json.dump({"taxonomy": taxonomy, "names": list(names), "slugs": list(slugs)}, f, indent=2)
     inputs_path = os.path.join(dir_path, "inputs.json")
     with open(inputs_path, "w", encoding="utf-8") as f:
-        json.dump({"inputs": inputs, "text": encoding.as_dict() if inputs != "image" else None}, f, indent=2)
+        json.dump({"inputs": str(inputs), "text": encoding.as_dict() if inputs.reads_words else None,
+                   "backbone": backbone}, f, indent=2)
     return {"keras_model": keras_path, "thresholds": thr_path, "labels": labels_path, "inputs": inputs_path}
-
-
-def signature(slugs, inputs: str = "image", encoding=None):
-    """The served model's signature: image bytes and/or the text columns in; probabilities and labels out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import DataType
-    from mlflow.types.schema import Array, ColSpec, Schema
-
-    cols = []
-    if inputs != "text":  # an image+text model also predicts rows without image bytes
-        cols.append(ColSpec(DataType.binary, "image", required=inputs == "image"))
-    if inputs != "image":
-        for c in encoding.columns:
-            cols.append(ColSpec(DataType.string if c == "file_title" else Array(DataType.string), c, required=False))
-    out = [ColSpec(DataType.double, f"p_{s}") for s in slugs] + [ColSpec(Array(DataType.string), "predicted")]
-    return ModelSignature(inputs=Schema(cols), outputs=Schema(out))
 
 
 # The code a loaded model imports, and nothing else: shipped in the model (``code_paths``), so it loads
 # in any environment with the requirements below, without this checkout, Airflow or Spark.
-MODEL_CODE = {"pipeline.features": ("imaging.py", "texts.py"), "training": ("pyfunc.py", "model.py", "losses.py")}
+MODEL_CODE = {"pipeline.features": ("imaging.py", "texts.py"),
+              "training": ("pyfunc.py", "model.py", "inputs.py", "losses.py")}
 
 
 def pip_requirements() -> list[str]:
@@ -245,25 +266,6 @@ def code_paths(dir_path: str) -> list[str]:
         if top not in out:
             out.append(top)
     return out
-
-
-def input_example(inputs: str, image_size: int, encoding=None):
-    """One row the model reads: a small PNG (and texts), as ``dataframe_records`` would carry it."""
-    import io
-
-    import pandas as pd
-    from PIL import Image
-
-    row = {}
-    if inputs != "text":
-        ramp = np.linspace(0, 255, image_size * image_size * 3).astype("uint8").reshape(image_size, image_size, 3)
-        buf = io.BytesIO()
-        Image.fromarray(ramp).save(buf, format="PNG")
-        row["image"] = buf.getvalue()
-    if inputs != "image":
-        for c in encoding.columns:
-            row[c] = "Lake Turkana.jpg" if c == "file_title" else ["Lake Turkana"]
-    return pd.DataFrame([row])
 
 
 def log_model(name: str, artifacts: dict, model_signature=None, example=None):

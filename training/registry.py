@@ -57,8 +57,14 @@ def score_champion(settings: Settings, version, test_index, y_test, names, finge
         predictor = load_predictor(f"models:/{version.name}/{version.version}", settings)
         if list(predictor.names) != list(names):
             raise ValueError(f"champion v{version.version} predicts another label set ({len(predictor.names)} labels)")
-        x = data.load_inputs(test_index, predictor.inputs, predictor.image_size, predictor.encoding)
-        probs = predictor.predict_inputs(x.get("image"), x.get("text"))
+        features = getattr(test_index, "features", None)
+        if predictor.backbone and features is not None and features.fingerprint == predictor.backbone["fingerprint"]:
+            # its tower made the stored features: its heads read them, no image is decoded again
+            x = data.load_inputs(test_index, predictor.inputs.heads(), predictor.spec)
+            probs = predictor.predict_inputs(text_ids=x.get("text"), features=x["features"])
+        else:
+            x = data.load_inputs(test_index, predictor.inputs, predictor.spec)
+            probs = predictor.predict_inputs(x.get("image"), x.get("text"))
         figures = metrics.evaluate(y_test, probs, predictor.thresholds, names)
         # per label too, as the challenger's test_ap_<slug>, for the report's side-by-side table
         figures.update({f"ap_{s}": metrics.average_precision(y_test[:, j], probs[:, j])

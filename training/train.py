@@ -1,7 +1,11 @@
 """Stage ``train``: fit the topic classifier on the image store and texts, evaluate, track, register.
 
 ``train.inputs`` says what the model reads: pixels, the image's texts, or both
-(``training.model``).
+(``training.inputs``). ``train.mode`` says what is trained: the whole model from
+pixels (``finetune``), or only the heads on the image features the ``embed``
+stage stored for the backbone (``heads``), composed with that backbone's image
+tower into the logged model; ``auto`` picks heads where the features are there
+(``choose_mode``).
 
 Flow: index the four splits from the run's image index (labeled, stored images only) -> fit on train with early
 stopping on validation loss (best weights restored) -> per-label thresholds on
@@ -30,6 +34,7 @@ import numpy as np
 
 from pipeline.config import Settings, load_settings
 from pipeline.errors import StageError
+from pipeline.inputs.store import store_root
 from pipeline.labels.taxonomy import TAXONOMY_DIR, Taxonomy
 from pipeline.lake.layout import Layout
 from pipeline.orchestration import tracking
@@ -108,34 +113,129 @@ def _params(settings: Settings, counts: dict, batch_size: int, distribution: str
     }
 
 
-def run(settings: Settings) -> dict:
-    """Train, evaluate, log and register; returns the stage summary."""
-    import keras
+def choose_mode(settings: Settings, inputs, idx: dict) -> tuple[str, object, str]:
+    """(``finetune`` or ``heads``, the backbone for heads, why): ``train.mode``, where features allow.
 
-    from pipeline.features.texts import TextEncoding, has_text
-    from training import data, metrics, pyfunc, registry
-    from training.losses import make_loss
-    from training.model import build_model, check_inputs, predict_probs
-    from training.thresholds import fit_thresholds
+    ``auto`` trains heads when the backbone's stored features cover every image of the run's
+    splits, and fine-tunes when there is no backbone (a new taxonomy has no champion), when
+    features are missing, or every ``train.finetune_every``-th time. ``heads`` without the
+    features is a StageError naming the stage to run.
+    """
+    from training import backbone as backbones
 
+    t = settings.train
+    if not inputs.sees_image:
+        return "finetune", None, "a text model has no image tower: it trains whole"
+    if t.mode == "finetune":
+        return "finetune", None, "train.mode=finetune"
+    backbone = backbones.resolve(settings)
+    problem, where = None, store_root(settings)
+    if backbone is None:
+        problem = "there is no backbone (no registered model with an image tower to take it from)"
+    else:
+        from pipeline.features.embeddings import missing_shards
+
+        where = backbone.features_root(settings)
+        missing = missing_shards(where, {s for i in idx.values() for s in i.shard_names})
+        if missing:
+            problem = (f"{len(missing)} store shards of the run's images have no features of backbone "
+                       f"{backbone.fingerprint} ({backbone.model_uri})")
+    if problem and t.mode == "heads":
+        raise StageError(STAGE, where, f"train.mode=heads: {problem}; run the embed stage first "
+                                       f"(python -m pipeline embed)")
+    if problem:
+        return "finetune", None, problem
+    done = backbones.heads_trained_on(settings, backbone.fingerprint)
+    if t.mode == "auto" and t.finetune_every > 0 and done >= t.finetune_every - 1:
+        return "finetune", None, f"{done} heads trained on backbone {backbone.fingerprint}: train.finetune_every={t.finetune_every}"
+    return "heads", backbone, f"features of backbone {backbone.fingerprint} ({backbone.model_uri}) cover every image"
+
+
+def _check(settings: Settings):
     t = settings.train
     if t.head not in ("flat", "chmcnn"):
         raise ValueError(f"train.head must be 'flat' or 'chmcnn', not {t.head!r}")
     if t.head == "chmcnn" and not t.hierarchical:
         raise ValueError("train.head=chmcnn needs train.hierarchical=true (targets closed under ancestors)")
-    inputs = check_inputs(t.inputs)
-    encoding = TextEncoding.from_settings(t) if inputs != "image" else None
+
+
+def predict_split(model, index, inputs, spec, batch: int, change=None) -> np.ndarray:
+    """Probabilities for a whole split, streamed batch by batch (``change`` edits each batch's inputs first)."""
+    from training import data
+    from training.model import predict_probs
+
+    loader = data.ShardBatches(index, batch, spec, inputs, shuffle=False)
+    out = []
+    for i in range(len(loader)):
+        x = inputs.read(index, loader.order[i * loader.batch_size:(i + 1) * loader.batch_size], spec)
+        out.append(predict_probs(model, change(x) if change else x, batch))
+    return np.concatenate(out)
+
+
+def text_figures(model, index, inputs, spec, batch, y_test, p_test, thresholds, names) -> dict:
+    """How the model does where the words are missing (test images that have none, every test image with its
+    text removed) and, beside an image, without the image."""
+    from pipeline.features.texts import has_text
+    from training import metrics
+
+    if not inputs.reads_words:
+        return {}
+    ids = np.concatenate([inputs.read(index, rows, spec)["text"] for rows in np.array_split(
+        np.arange(len(index)), max(1, len(index) // batch))])
+    no_text = ~has_text(ids)
+    out = {"test_images_without_text": int(no_text.sum())}
+    if no_text.any():
+        out["test_macro_auc_pr_images_without_text"] = metrics.evaluate(
+            y_test[no_text], p_test[no_text], thresholds, names)["macro_auc_pr"]
+    if inputs.has_image_flag:
+        def no_words(x):
+            return {**x, "text": np.zeros_like(x["text"])}
+
+        def no_image(x):
+            blank = inputs.blank(len(x["text"]), spec)
+            return {**x, **{k: v for k, v in blank.items() if k != "text"}}
+
+        out["test_macro_auc_pr_text_removed"] = metrics.evaluate(
+            y_test, predict_split(model, index, inputs, spec, batch, no_words), thresholds, names)["macro_auc_pr"]
+        out["test_macro_auc_pr_image_removed"] = metrics.evaluate(
+            y_test, predict_split(model, index, inputs, spec, batch, no_image), thresholds, names)["macro_auc_pr"]
+    return out
+
+
+def run(settings: Settings) -> dict:
+    """Train, evaluate, log and register; returns the stage summary."""
+    import keras
+
+    from pipeline.features.texts import TextEncoding
+    from training import backbone as backbones
+    from training import data, metrics, pyfunc, registry
+    from training.inputs import InputSpec, ModelInputs
+    from training.losses import make_loss
+    from training.model import backbone_fingerprint, build_head, build_model, compose, parts
+    from training.thresholds import fit_thresholds
+
+    _check(settings)
+    t = settings.train
+    inputs = ModelInputs(t.inputs)
+    encoding = TextEncoding.from_settings(t) if inputs.reads_words else None
     keras.utils.set_random_seed(t.seed)
     tax = Taxonomy.load(settings.label.taxonomy)
     names, slugs, n_labels = tax.names, tax.slugs, len(tax.names)
-    size = settings.train.image_size
     layout = Layout.from_settings(settings)
 
     idx = {s: data.split_index(settings, s, n_labels) for s in ("train", "validation", "threshold", "test")}
+    mode, backbone, mode_reason = choose_mode(settings, inputs, idx)
+    heads = mode == "heads"
+    if heads:
+        for i in idx.values():
+            data.attach_features(i, backbone.features_root(settings), backbone.fingerprint)
+    size = backbone.image_size if heads else t.image_size
+    spec = InputSpec(size, encoding, backbone.dim if heads else 0)
+    fit_inputs = inputs.heads() if heads else inputs  # what the trained Keras model reads
     counts = {s: len(i) for s, i in idx.items()}
     counts.update({f"{s}_unlabeled": i.unlabeled for s, i in idx.items()})
     counts.update({f"{s}_without_bytes": i.missing for s, i in idx.items()})
-    batch = max(1, min(t.batch_size, counts["train"]))
+    batch = max(1, min(t.heads_batch_size if heads else t.batch_size, counts["train"]))
     positives = idx["train"].y.sum(0)
     fingerprint = registry.test_fingerprint(idx["test"].keys)
 
@@ -151,24 +251,31 @@ def run(settings: Settings) -> dict:
         "dump_date": settings.paths.dump_date,
         registry.TAG_FINGERPRINT: fingerprint,
         "image_index": layout.image_index,
-        "model_inputs": inputs,
+        "model_inputs": str(inputs),
+        "train_mode": mode,
+        **({"backbone_uri": backbone.model_uri} if heads else {}),
     }
+    ancestor = tax.ancestor_matrix() if t.head == "chmcnn" else None
+    head_args = dict(text_vocab=t.text_vocab, text_dim=t.text_dim, drop_text=t.drop_text,
+                     drop_image=t.drop_image, seed=t.seed)
+
+    def new_model(weights: str, trainable="all", bn_momentum=0.99):
+        if heads:
+            return build_head(n_labels, fit_inputs, spec, t.head == "chmcnn", ancestor, **head_args)
+        return build_model(n_labels, t.backbone, weights if inputs.reads_pixels else "none", size, trainable,
+                           t.head == "chmcnn", ancestor, bn_momentum=bn_momentum, inputs=inputs,
+                           text_shape=encoding.shape if encoding else (1, 1), **head_args)
+
     try:
-        with tracking.start_run(run_name=f"{t.backbone if inputs != 'text' else 'text'}-{t.loss}-"
+        with tracking.start_run(run_name=f"{mode}-{t.backbone if inputs.sees_image else 'text'}-{t.loss}-"
                                          f"{settings.paths.dump_date}", tags=run_tags,
                                 settings=settings) as active:
             run_id = active.info.run_id
-            tracking.log_params(_params(settings, counts, batch, distribution))
-            ancestor = tax.ancestor_matrix() if t.head == "chmcnn" else None
-            text_args = dict(inputs=inputs, text_shape=encoding.shape if encoding else (1, 1),
-                             text_vocab=t.text_vocab, text_dim=t.text_dim, drop_text=t.drop_text,
-                             drop_image=t.drop_image, seed=t.seed)
+            tracking.log_params({**_params(settings, counts, batch, distribution), "train_mode": mode,
+                                 "train_mode_reason": mode_reason[:500]})
             with scope:
                 try:
-                    model = build_model(
-                        n_labels, t.backbone, t.weights if inputs != "text" else "none", size, t.trainable,
-                        t.head == "chmcnn", ancestor, bn_momentum=t.bn_momentum, **text_args,
-                    )
+                    model = new_model(t.weights, t.trainable, t.bn_momentum)
                 except Exception as e:
                     if t.weights == "imagenet":
                         raise RuntimeError(
@@ -185,14 +292,10 @@ def run(settings: Settings) -> dict:
                 model.compile(
                     optimizer=keras.optimizers.Adam(t.learning_rate), loss=loss, jit_compile=bool(t.jit_compile)
                 )
-            train_ds = data.ShardBatches(
-                idx["train"], batch, size, shuffle=True, seed=t.seed, drop_remainder=True,
-                workers=t.workers, use_multiprocessing=t.use_multiprocessing, inputs=inputs, encoding=encoding,
-            )
-            val_ds = data.ShardBatches(
-                idx["validation"], batch, size, shuffle=False,
-                workers=t.workers, use_multiprocessing=t.use_multiprocessing, inputs=inputs, encoding=encoding,
-            )
+            loader = dict(workers=t.workers, use_multiprocessing=t.use_multiprocessing)
+            train_ds = data.ShardBatches(idx["train"], batch, spec, fit_inputs, shuffle=True, seed=t.seed,
+                                         drop_remainder=True, **loader)
+            val_ds = data.ShardBatches(idx["validation"], batch, spec, fit_inputs, shuffle=False, **loader)
             logger, stop = _make_callbacks(t.patience)
             t0 = time.perf_counter()
             history = model.fit(train_ds, validation_data=val_ds, epochs=t.epochs, callbacks=[logger, stop], verbose=2)
@@ -206,42 +309,25 @@ def run(settings: Settings) -> dict:
 
             # Export a float32 copy without optimizer state: what gets served.
             keras.mixed_precision.set_global_policy("float32")
-            export = build_model(n_labels, t.backbone, "none", size, "all", t.head == "chmcnn", ancestor,
-                                 **text_args)
+            export = new_model("none")
             export.set_weights(model.get_weights())
+            # A heads model is served whole: the backbone's tower composed with the heads just trained.
+            served = compose(backbones.load_tower(settings, backbone), export) if heads else export
+            tower = parts(served)[0]
+            backbone_info = None
+            if tower is not None:
+                backbone_info = (backbone.as_dict() if heads else
+                                 {"fingerprint": backbone_fingerprint(tower), "dim": int(tower.output.shape[-1]),
+                                  "image_size": size})
 
-            def split_inputs(split):
-                return data.load_inputs(idx[split], inputs, size, encoding), idx[split].y
-
-            x_thr, y_thr = split_inputs("threshold")
-            p_thr = predict_probs(export, x_thr, batch)
+            p_thr = predict_split(export, idx["threshold"], fit_inputs, spec, batch)
+            y_thr = idx["threshold"].y
             thresholds = fit_thresholds(y_thr, p_thr, seed=t.seed)
-            del x_thr
-
-            x_test, y_test = split_inputs("test")
-            warm = {k: v[:batch] for k, v in x_test.items()}
-            predict_probs(export, warm, batch)  # warm-up: exclude tracing from the timing
+            y_test = idx["test"].y
             t1 = time.perf_counter()
-            p_test = predict_probs(export, x_test, batch)
+            p_test = predict_split(export, idx["test"], fit_inputs, spec, batch)
             predict_ips = len(y_test) / max(time.perf_counter() - t1, 1e-9)
-            text_figures = {}
-            if "text" in x_test:
-                # How the model does where the words are missing (the test images that have none,
-                # every test image with its text removed) and, for image+text, without the pixels.
-                no_text = ~has_text(x_test["text"])
-                text_figures["test_images_without_text"] = int(no_text.sum())
-                if no_text.any():
-                    text_figures["test_macro_auc_pr_images_without_text"] = metrics.evaluate(
-                        y_test[no_text], p_test[no_text], thresholds, names)["macro_auc_pr"]
-                if inputs == "image+text":
-                    blank = predict_probs(export, {**x_test, "text": np.zeros_like(x_test["text"])}, batch)
-                    text_figures["test_macro_auc_pr_text_removed"] = metrics.evaluate(
-                        y_test, blank, thresholds, names)["macro_auc_pr"]
-                    blind = predict_probs(export, {**x_test, "image": np.zeros_like(x_test["image"]),
-                                                   "has_image": np.zeros_like(x_test["has_image"])}, batch)
-                    text_figures["test_macro_auc_pr_image_removed"] = metrics.evaluate(
-                        y_test, blind, thresholds, names)["macro_auc_pr"]
-            del x_test
+            words = text_figures(export, idx["test"], fit_inputs, spec, batch, y_test, p_test, thresholds, names)
 
             test_metrics = metrics.evaluate(y_test, p_test, thresholds, names, train_counts=positives)
             thr_metrics = metrics.evaluate(y_thr, p_thr, thresholds, names, train_counts=positives)
@@ -265,7 +351,7 @@ def run(settings: Settings) -> dict:
                     "best_val_loss": float(min(val_losses)) if val_losses else float("nan"),
                     "test_chance_auc_pr": chance,
                     "test_beats_chance": float(beats_chance),
-                    **text_figures,
+                    **words,
                 }
             )
             tracking.log_metrics({f"test_ap_{s}": v for s, v in zip(table["slug"], table["average_precision"])})
@@ -300,9 +386,11 @@ def run(settings: Settings) -> dict:
                     tracking.log_artifact(str(tax_file), "taxonomy")
                 tracking.log_text_artifact(tax.version + "\n", "taxonomy_version.txt", "taxonomy")
                 tracking.log_json_artifact(history.history, "history.json")
-                arts = pyfunc.artifacts_for(d, export, names, slugs, thresholds, tax.version, inputs, encoding)
-                info = pyfunc.log_model("model", arts, pyfunc.signature(slugs, inputs, encoding),
-                                        pyfunc.input_example(inputs, size, encoding))
+                serve_spec = InputSpec(size, encoding, spec.feature_dim)
+                arts = pyfunc.artifacts_for(d, served, names, slugs, thresholds, tax.version, inputs, encoding,
+                                            backbone_info)
+                info = pyfunc.log_model("model", arts, inputs.signature(slugs, serve_spec),
+                                        inputs.example(serve_spec))
             # the test figures belong to the logged model too (MLflow 3 links them to it)
             tracking.log_metrics(test_metrics, prefix="test_", model_id=info.model_id)
             logged_model_uri = info.model_uri
@@ -315,6 +403,9 @@ def run(settings: Settings) -> dict:
         "run_id": run_id,
         "experiment_id": experiment_id,
         "logged_model_uri": logged_model_uri,
+        "train_mode": mode,
+        "train_mode_reason": mode_reason,
+        "backbone": backbone_info,
         "test_macro_auc_pr": macro_ap,
         "test_mean_prevalence": prevalence,
         "test_mean_prevalence_positive_labels": chance,
@@ -322,19 +413,22 @@ def run(settings: Settings) -> dict:
         "test_fingerprint": fingerprint,
         "epochs_run": epochs_run,
         "best_epoch": best_epoch,
+        "fit_seconds": round(fit_seconds, 2),
         "train_images_per_s": round(train_ips, 1),
         "predict_images_per_s": round(predict_ips, 1),
         "distribution": distribution,
         "backend": keras.backend.backend(),
-        "model_inputs": inputs,  # ("inputs" is the stage record's lineage)
-        **text_figures,
+        "model_inputs": str(inputs),  # ("inputs" is the stage record's lineage)
+        **words,
         **{f"n_{k}": v for k, v in counts.items()},
     }
     # The run is FINISHED here: only now may the registry and its aliases change.
-    reg = registry.register_and_promote(
-        settings, run_id, logged_model_uri, macro_ap, fingerprint, compared,
-        tags={"run_id": run_id, "taxonomy": tax.version, "beats_chance": beats_chance},
-    )
+    version_tags = {"run_id": run_id, "taxonomy": tax.version, "beats_chance": beats_chance, "model_inputs": str(inputs)}
+    if backbone_info:
+        version_tags.update(backbones.tags(backbone_info["fingerprint"], backbone_info["dim"],
+                                           backbone_info["image_size"], mode))
+    reg = registry.register_and_promote(settings, run_id, logged_model_uri, macro_ap, fingerprint, compared,
+                                        tags=version_tags)
     summary.update(
         model_name=reg["model_name"],
         model_uri=reg["model_uri"],

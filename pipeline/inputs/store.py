@@ -184,7 +184,7 @@ class ImageStore:
         if self.settings is not None:
             meta = self.root / "settings.json"
             if not meta.exists():
-                _write_atomic(meta, json.dumps(self.settings, indent=2, sort_keys=True).encode())
+                write_atomic(meta, json.dumps(self.settings, indent=2, sort_keys=True).encode())
         return BatchWriter(self, shard_size, self.next_number())
 
 
@@ -219,7 +219,7 @@ class StoreLock:
         self.fd = None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}.__tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -293,7 +293,7 @@ class BatchWriter:
         table = pa.Table.from_pylist(self.rows, schema=manifest_schema())
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
-        _write_atomic(self.store.manifest / batch_name(self.number), buf.getvalue().to_pybytes())
+        write_atomic(self.store.manifest / batch_name(self.number), buf.getvalue().to_pybytes())
         self.committed.append(self.number)
         self.rows, self.stored = [], 0
         self.number += 1

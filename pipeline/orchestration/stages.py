@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
+from pipeline.inputs.store import store_root
 from pipeline.lake.layout import Layout
 
 # The Airflow pool and queue of the stages that want the GPU.
@@ -153,9 +154,17 @@ STAGES = {
                                            "shard.retry_transient"),
               reads_taxonomy=False, outputs=lambda layout: [layout.image_index], asset=first_output,
               gpu=False, timeout_hours=48),
+        # Features of every stored image under the backbone's fingerprint, next to the image store: the
+        # output is not per run, so nothing in the lake stands for it; a rerun embeds only what is missing.
+        Stage(name="embed", entry="training.embed:run",
+              help="the backbone's image features of every stored image of the run, computed once",
+              upstream=("shard",), settings=(), reads_taxonomy=False,
+              extra_inputs="training.backbone:lineage_inputs", outputs=lambda layout: [],
+              asset=lambda settings, summary, stage: uri(summary.get("features") or store_root(settings)),
+              gpu=True, timeout_hours=12),
         Stage(name="train", entry="training.train:run",
-              help="train the classifier, log and register it in MLflow", own_mlflow_run=True,
-              upstream=("shard",), settings=("train", "tracking.model_name", "tracking.promote_min_margin"),
+              help="train the classifier (whole, or its heads on stored features), log and register it in MLflow",
+              own_mlflow_run=True, upstream=("shard", "embed"), settings=("train", "tracking.model_name", "tracking.promote_min_margin"),
               reads_taxonomy=True, outputs=lambda layout: [],  # the model lives in MLflow's registry
               asset=lambda settings, summary, stage: summary["model_uri"], gpu=True, timeout_hours=24),
         # infer predicts with the version the champion gate left, never simply the model just trained.

@@ -94,6 +94,25 @@ def model_name(settings: Settings) -> str:
     return f"{settings.tracking.model_name}-{version}"
 
 
+def resolve_version(settings: Settings, uri: str) -> tuple[str, str]:
+    """(exact model URI, version) of ``uri``: an alias (``models:/name@alias``) is resolved once, here,
+    to one version. Raises LookupError, with the registry's reason, where there is none."""
+    from mlflow import MlflowClient
+
+    configure(settings)
+    rest = uri[len("models:/"):] if uri.startswith("models:/") else None
+    try:
+        if rest and "@" in rest:
+            name, alias = rest.split("@", 1)
+            version = str(MlflowClient().get_model_version_by_alias(name, alias).version)
+            return f"models:/{name}/{version}", version
+        if rest and "/" in rest:
+            return uri, rest.split("/", 1)[1]
+    except Exception as e:  # noqa: BLE001 - the registry's own error says why
+        raise LookupError(f"cannot resolve {uri} ({e})") from e
+    return uri, ""
+
+
 def client(settings: Settings):
     import mlflow
 
