@@ -228,8 +228,8 @@ def run_demo(
             "report_summary": report.get("summary_lines")}
 
 
-NIGHT_COLUMNS = ("night", "logical_date", "dump_date", "images_downloaded", "stages_run", "stages_skipped",
-                 "challenger_auc_pr", "champion_auc_pr", "promoted", "reason")
+NIGHT_COLUMNS = ("night", "logical_date", "dump_date", "images_downloaded", "images_embedded", "stages_run",
+                 "stages_skipped", "train_mode", "challenger_auc_pr", "champion_auc_pr", "promoted", "reason")
 
 
 def _night_row(result: dict, started: str) -> dict:
@@ -242,6 +242,8 @@ def _night_row(result: dict, started: str) -> dict:
         "stages_run": ran,
         "stages_skipped": [s for s in ORDER if s not in ran],
         "images_downloaded": summaries.get("shard", {}).get("downloaded", 0) if "shard" in ran else 0,
+        "images_embedded": summaries.get("embed", {}).get("images_embedded", 0) if "embed" in ran else 0,
+        "train_mode": train.get("train_mode"),
         "challenger_auc_pr": train.get("test_macro_auc_pr"),
         "champion_auc_pr": train.get("champion_auc_pr"),
         "promoted": train.get("promoted"),

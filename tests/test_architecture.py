@@ -72,7 +72,7 @@ def test_every_record_states_sound_facts(tmp_path):
         summary = {"model_uri": "models:/m/1"}
         assert re.match(r"^(file|models):", stage.asset_uri(settings, summary)), name
     assert [s.name for s in STAGES.values() if s.verifies_itself] == ["fetch"]
-    assert [s.name for s in STAGES.values() if s.gpu] == ["train", "infer"]
+    assert [s.name for s in STAGES.values() if s.gpu] == ["embed", "train", "infer"]
 
 
 def test_no_other_table_lists_stages():

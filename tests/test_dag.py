@@ -14,7 +14,7 @@ def test_dag_imports_and_chains_every_stage(monkeypatch, tmp_path):
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
     dag = bag.dags["wiki_topics"]
-    order = ["fetch", "ingest", "graph", "label", "wit", "shard", "train", "infer", "report"]
+    order = ["fetch", "ingest", "graph", "label", "wit", "shard", "embed", "train", "infer", "report"]
     assert sorted(dag.task_ids) == sorted(order + ["resolve_dump"])
     for up, down in zip(order, order[1:]):  # the product's order still holds, now derived from the records
         assert up in dag.get_task(down).get_flat_relative_ids(upstream=True), (up, down)
@@ -34,14 +34,14 @@ def test_dag_operations_pools_timeouts_and_assets(monkeypatch, tmp_path):
     from pipeline.orchestration.operator import StageOperator
 
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["wiki_topics"]
-    stages = ["fetch", "ingest", "graph", "label", "wit", "shard", "train", "infer", "report"]
+    stages = ["fetch", "ingest", "graph", "label", "wit", "shard", "embed", "train", "infer", "report"]
     for stage in stages:
         task = dag.get_task(stage)
         assert isinstance(task, StageOperator) and task.stage == stage
         assert task.execution_timeout is not None and task.execution_timeout.total_seconds() >= 3600
         # each stage adds its output's exact URI to an alias downstream DAGs can be scheduled on
         assert task.outlets == [AssetAlias(name=f"wiki_image_topics.{stage}")]
-        gpu = stage in ("train", "infer")
+        gpu = stage in ("embed", "train", "infer")
         assert (task.pool == "gpu") == gpu and (task.queue == "gpu") == gpu, stage
     # inference uses the version the gate left as champion, not the model just trained
     assert dag.get_task("infer").taken == {"tracking.model_uri": "{{ ti.xcom_pull(task_ids='train')['champion_uri'] }}"}
@@ -70,3 +70,4 @@ def test_dag_dependencies_are_the_records(monkeypatch, tmp_path):
         assert dag.get_task(name).upstream_task_ids == {"resolve_dump", *stage.needs}, name
         assert dag.get_task(name).execution_timeout == stage.timeout
     assert STAGES["infer"].needs == ("shard", "train") and STAGES["wit"].needs == ("fetch", "label")
+    assert STAGES["train"].needs == ("shard", "embed") and STAGES["embed"].needs == ("shard",)

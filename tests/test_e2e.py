@@ -195,8 +195,23 @@ def test_night_2_downloads_exactly_the_new_images_and_relabels_the_recategorized
     assert added <= set(after) and not added & set(before)
     changed = {t for t in before if before[t] != after.get(t)}
     assert changed and changed <= moved, changed - moved  # only the recategorized files changed labels
-    assert set(table[1]["stages_run"]) == {"fetch", "ingest", "graph", "label", "wit", "shard", "train",
+    assert set(table[1]["stages_run"]) == {"fetch", "ingest", "graph", "label", "wit", "shard", "embed", "train",
                                            "infer", "report"}
+
+
+def test_night_2_embeds_the_stored_images_once_and_trains_heads_on_them(nights):
+    """Night 1 fine-tunes (no backbone yet); night 2 embeds every stored image with the champion's tower,
+    trains only the heads on the features, and infers from them without decoding an image."""
+    root, outputs, table = nights
+    first, second = outputs[0]["summaries"], outputs[1]["summaries"]
+    assert first["embed"]["images_embedded"] == 0 and first["embed"]["backbone"] is None
+    assert table[0]["train_mode"] == "finetune" and table[1]["train_mode"] == "heads"
+    # every image of the run with bytes, night 1's included: they had no features yet
+    assert second["embed"]["images_embedded"] == table[1]["images_embedded"] >= second["shard"]["ok"] > 0
+    assert second["embed"]["backbone"]["version"] == "1"
+    assert second["train"]["backbone"]["fingerprint"] == second["embed"]["backbone"]["fingerprint"]
+    assert second["infer"]["image_source"] == "features", second["infer"]
+    assert second["infer"]["rows_from_features"] > 0
 
 
 def test_night_2_compares_the_champion_on_the_challengers_test_split(nights):

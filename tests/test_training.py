@@ -220,7 +220,7 @@ def test_pyfunc_predicts_from_bytes_and_arrays(trained):
     out = model.predict(pd.DataFrame({"image": encoded}))
     assert list(out.columns) == [f"p_{slug}" for slug in tax.slugs] + ["predicted"]
     np.testing.assert_allclose(out.iloc[:, :-1].to_numpy(), probs[:5], atol=1e-5)  # PNG is lossless
-    for row, p in zip(out["predicted"], probs[:5]):
+    for row, p in zip(out["predicted"], out.iloc[:, :-1].to_numpy()):
         assert row == [n for n, v, t in zip(tax.names, p, predictor.thresholds) if v >= t]
     out2 = model.unwrap_python_model().predict(None, x[:5])
     np.testing.assert_allclose(out2.iloc[:, :-1].to_numpy(), probs[:5], atol=1e-5)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import StageError
+from pipeline.lake.atomic import write_atomic
 
 FEATURES = "features"
 _SHARD = re.compile(r"shard-([0-9]{6,})\.tar$")
@@ -50,8 +51,6 @@ def write_batch(path: str, keys: list[str], features: np.ndarray, fingerprint: s
     """Write one batch file atomically: ``keys`` and their features (N x dim), stored as fp16."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from pipeline.inputs.store import write_atomic
 
     half = np.ascontiguousarray(features, dtype="<f2")
     if half.ndim != 2 or len(half) != len(keys):
@@ -95,8 +94,6 @@ def read_backbone(root: str) -> dict | None:
 
 
 def write_backbone(root: str, info: dict) -> None:
-    from pipeline.inputs.store import write_atomic
-
     Path(root).mkdir(parents=True, exist_ok=True)
     write_atomic(Path(root) / "backbone.json", json.dumps(info, indent=2, sort_keys=True).encode())
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import StageError
+from pipeline.lake.atomic import write_atomic
 from pipeline.features.texts import TEXT_COLUMNS
 
 MANIFEST_COLUMNS = ("image_key", "file_title", "source_url", "status", "shard", "offset", "size", "ext",
@@ -217,15 +218,6 @@ class StoreLock:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.__tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class BatchWriter:

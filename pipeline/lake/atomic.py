@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import uuid
+from pathlib import Path
 
 import fsspec
 
@@ -85,3 +87,14 @@ def require_input(stage: str, path: str, what: str = "input") -> str:
     if not exists(path):
         raise StageError(stage, path, f"missing {what} (did the previous stage run for this dump date?)")
     return path
+
+
+def write_atomic(path, data: bytes) -> None:
+    """Write a local file whole or not at all: a temporary sibling, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.__tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
