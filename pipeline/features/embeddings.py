@@ -122,6 +122,8 @@ class FeatureIndex:
         self.file = np.asarray([where[batch_file(root, s)] for s in shards], dtype="int32")
         self.row = np.full(len(keys), -1, dtype="int64")
         self.dim = 0
+        by_file = np.argsort(self.file, kind="stable")
+        bounds = np.searchsorted(self.file[by_file], np.arange(len(self.files) + 1))
         for i, f in enumerate(self.files):
             try:
                 file_keys = pq.read_table(f, columns=["image_key"]).column("image_key").to_pylist()
@@ -131,7 +133,7 @@ class FeatureIndex:
             except Exception as e:  # noqa: BLE001
                 raise StageError(stage, f, f"unreadable features file (truncated?): {e}") from e
             pos = {k: j for j, k in enumerate(file_keys)}
-            for r in np.nonzero(self.file == i)[0]:
+            for r in by_file[bounds[i]:bounds[i + 1]]:
                 self.row[r] = pos.get(keys[r], -1)
         if (self.row < 0).any():
             r = int(np.nonzero(self.row < 0)[0][0])
