@@ -176,7 +176,10 @@ def pipeline_done(settings, dump_date: str) -> dict | None:
     for stage in STAGES.values():
         if stage.verifies_itself:
             continue
-        record, _ = fresh(pinned, stage.name, taken(layout, stage.name))
+        # what the stage itself would add: the values it takes from the records (infer: the champion),
+        # else its own extra inputs (embed: the backbone's fingerprint)
+        extra = taken(layout, stage.name) if stage.takes else stage.lineage_inputs(pinned)
+        record, _ = fresh(pinned, stage.name, extra)
         if record is None:
             return None
     return record
