@@ -203,6 +203,9 @@ class TrainConfig:
     # features cover the run's images, else finetune (and every finetune_every-th heads run, when > 0).
     mode: str = _env("TRAIN_MODE", "auto", choices=("auto", "finetune", "heads"))
     finetune_every: int = _env("FINETUNE_EVERY", 0)
+    # finetune: start the image tower from this registered model version's tower instead of train.weights
+    # (e.g. models:/wiki-image-topics-v1.3@champion: continue from the current backbone); "" = train.weights.
+    init_from: str = _env("TRAIN_INIT_FROM", "")
     # Batch size of heads training (small dense layers: large batches keep the CPU busy).
     heads_batch_size: int = _env("HEADS_BATCH_SIZE", 4096)
     # Text fields, in order (pipeline.features.texts.FIELDS). Never the categories: the labels come from them.

@@ -41,13 +41,18 @@ def tags(fingerprint: str, dim: int, image_size: int, mode: str) -> dict:
 
 def resolve(settings) -> Backbone | None:
     """The backbone for these settings, or None: no such model, or one without an image tower (text)."""
-    uri = settings.embed.backbone_uri or f"models:/{tracking.model_name(settings)}@champion"
+    if settings.embed.backbone_uri:
+        return resolve_uri(settings, settings.embed.backbone_uri)
     try:
-        exact, version = tracking.resolve_version(settings, uri)
+        return resolve_uri(settings, f"models:/{tracking.model_name(settings)}@champion")
     except LookupError:
-        if settings.embed.backbone_uri:
-            raise
         return None  # no champion yet
+
+
+def resolve_uri(settings, uri: str) -> Backbone | None:
+    """The image tower of the registered model version ``uri`` (an alias resolved to its version); None for a
+    model without one. LookupError where the registry has no such version."""
+    exact, version = tracking.resolve_version(settings, uri)
     name = exact[len("models:/"):].split("/", 1)[0]
     found = tracking.client(settings).get_model_version(name, version).tags or {}
     if TAG_FINGERPRINT not in found:

@@ -282,6 +282,12 @@ def run(settings: Settings) -> dict:
                             f"could not load ImageNet weights ({e}); offline? set train.weights=none or a .weights.h5 path"
                         ) from e
                     raise
+                if t.init_from and not heads and inputs.reads_pixels:  # continue from a registered tower
+                    start = backbones.resolve_uri(settings, t.init_from)
+                    if start is None:
+                        raise StageError(STAGE, t.init_from, "train.init_from: that model has no image tower")
+                    parts(model)[0].set_weights(backbones.load_tower(settings, start).get_weights())
+                    tracking.set_tags({"init_from": start.model_uri})
                 loss = make_loss(
                     "mcloss" if t.head == "chmcnn" else t.loss,
                     positives=positives,
