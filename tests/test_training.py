@@ -288,7 +288,7 @@ def test_model_options_head_and_roundtrip(tmp_path):
     tax = Taxonomy.load("v1.3")
     r = tax.ancestor_matrix()
     partial = build_model(31, "B0", "none", 32, trainable=5)
-    base = partial.layers[1]
+    base = partial.get_layer("image_tower").layers[1]  # the EfficientNet inside the image tower
     assert [layer.trainable for layer in base.layers[-5:]] == [True] * 5
     assert not any(layer.trainable for layer in base.layers[:-5])
     with pytest.raises(ValueError, match="unknown backbone"):
