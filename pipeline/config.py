@@ -206,8 +206,9 @@ class TrainConfig:
     # finetune: start the image tower from this registered model version's tower instead of train.weights
     # (e.g. models:/wiki-image-topics-v1.3@champion: continue from the current backbone); "" = train.weights.
     init_from: str = _env("TRAIN_INIT_FROM", "")
-    # Batch size of heads training (small dense layers: large batches keep the CPU busy).
-    heads_batch_size: int = _env("HEADS_BATCH_SIZE", 4096)
+    # Batch size of heads training; 0: train.batch_size. Small dense layers keep a CPU busy only at large
+    # batches (4096 at full scale: docs/benchmarks.md), but a small set then gets too few steps.
+    heads_batch_size: int = _env("HEADS_BATCH_SIZE", 0)
     # Text fields, in order (pipeline.features.texts.FIELDS). Never the categories: the labels come from them.
     text_fields: str = _env("TEXT_FIELDS", DEFAULT_FIELDS)
     # Hashed vocabulary (words and character trigrams), tokens kept per field, embedding width.

@@ -67,17 +67,37 @@ def lineage_inputs(settings) -> dict:
     return {"backbone": None if backbone is None else backbone.fingerprint}
 
 
-def load_tower(settings, backbone: Backbone):
-    """The backbone's image tower (Keras), checked against the fingerprint it was registered with."""
+def load_parts(settings, backbone: Backbone):
+    """(image tower, heads) of the backbone's model (Keras), the tower checked against the fingerprint it was
+    registered with."""
     from training.model import backbone_fingerprint, parts
     from training.pyfunc import load_predictor
 
-    predictor = load_predictor(backbone.model_uri, settings)
-    tower = parts(predictor.model)[0]
+    tower, head = parts(load_predictor(backbone.model_uri, settings).model)
     if tower is None or backbone_fingerprint(tower) != backbone.fingerprint:
         raise ValueError(f"{backbone.model_uri}: its image tower is not the one registered "
                          f"({backbone.fingerprint}); was the version's tag edited?")
-    return tower
+    return tower, head
+
+
+def load_tower(settings, backbone: Backbone):
+    """The backbone's image tower (Keras)."""
+    return load_parts(settings, backbone)[0]
+
+
+def warm_start(model, source) -> list[str]:
+    """Copy ``source``'s weights into ``model`` layer by layer, where a layer of the same name has weights of
+    the same shapes (the heads of a model of the same label set and inputs); returns the layers copied."""
+    copied = []
+    theirs = {layer.name: layer for layer in source.layers}
+    for layer in model.layers:
+        other = theirs.get(layer.name)
+        if other is None or not layer.weights or isinstance(layer, type(model)):
+            continue
+        if [w.shape for w in layer.get_weights()] == [w.shape for w in other.get_weights()]:
+            layer.set_weights(other.get_weights())
+            copied.append(layer.name)
+    return copied
 
 
 def heads_trained_on(settings, fingerprint: str) -> int:

@@ -235,7 +235,7 @@ def run(settings: Settings) -> dict:
     counts = {s: len(i) for s, i in idx.items()}
     counts.update({f"{s}_unlabeled": i.unlabeled for s, i in idx.items()})
     counts.update({f"{s}_without_bytes": i.missing for s, i in idx.items()})
-    batch = max(1, min(t.heads_batch_size if heads else t.batch_size, counts["train"]))
+    batch = max(1, min((t.heads_batch_size or t.batch_size) if heads else t.batch_size, counts["train"]))
     positives = idx["train"].y.sum(0)
     fingerprint = registry.test_fingerprint(idx["test"].keys)
 
@@ -282,12 +282,20 @@ def run(settings: Settings) -> dict:
                             f"could not load ImageNet weights ({e}); offline? set train.weights=none or a .weights.h5 path"
                         ) from e
                     raise
-                if t.init_from and not heads and inputs.reads_pixels:  # continue from a registered tower
+                # Start where the backbone's model left off: its heads (layers of the same shapes: the
+                # same label set and inputs), and for a fine-tune from train.init_from its tower too.
+                start = backbone if heads else None
+                if t.init_from and not heads and inputs.reads_pixels:
                     start = backbones.resolve_uri(settings, t.init_from)
                     if start is None:
                         raise StageError(STAGE, t.init_from, "train.init_from: that model has no image tower")
-                    parts(model)[0].set_weights(backbones.load_tower(settings, start).get_weights())
-                    tracking.set_tags({"init_from": start.model_uri})
+                if start is not None:
+                    source_tower, source_head = backbones.load_parts(settings, start)
+                    tower, head = parts(model)
+                    if tower is not None:
+                        tower.set_weights(source_tower.get_weights())
+                    warmed = backbones.warm_start(head, source_head)
+                    tracking.set_tags({"init_from": start.model_uri, "warm_started_layers": ",".join(warmed)})
                 loss = make_loss(
                     "mcloss" if t.head == "chmcnn" else t.loss,
                     positives=positives,
