@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     p.add_argument("--taxonomies", default="v1.3,v1.4")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--heuristics", default="refined-rules")
+    p.add_argument("--mirror", default="", help="the sample's image server (python -m devtools serve), for the "
+                                                "few images another taxonomy's shard run still wants")
     args = p.parse_args(argv)
 
     from pipeline.config import load_settings
@@ -43,7 +45,7 @@ def main(argv=None) -> int:
     base = {"paths.data_root": args.data_root, "paths.state_dir": args.state_dir, "paths.dump_date": args.dump_date,
             "paths.dumps_dir": f"{args.data_root}/dumps", "paths.wit_dir": f"{args.data_root}/wit",
             "label.heuristics": args.heuristics, "fetch.dumps_url": "", "fetch.wit_url": "",
-            "shard.user_agent": DEMO_USER_AGENT}
+            "shard.user_agent": DEMO_USER_AGENT, "shard.mirror_url": args.mirror}
     backbone = f"models:/wiki-image-topics-v1.3/{args.backbone}"
     rows = []
     for taxonomy in args.taxonomies.split(","):
