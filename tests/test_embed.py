@@ -22,7 +22,7 @@ from training import data
 from training.inputs import SUPPORTED, ModelInputs
 from training.pyfunc import load_predictor
 
-SIZES = {"train": 512, "validation": 64, "threshold": 96, "test": 128}
+SIZES = {"train": 384, "validation": 64, "threshold": 64, "test": 96}
 HEADS = {"train.epochs": "3", "train.heads_batch_size": "64"}
 
 
