@@ -22,7 +22,9 @@ from tests.serving.bad_inputs import b64, cases, jpeg
 from tests.serving.conftest import MODEL, MODES
 
 pytestmark = pytest.mark.serve
-TOL = 1e-6
+# The image tower rounds its features to float16 (what embed stores), so a feature that lands on a rounding
+# boundary in one batch and not in another moves a probability by about 1e-6: 1e-5, as issue 43 sets.
+TOL = 1e-5
 
 
 def _test_rows(settings, predictions, n: int):
