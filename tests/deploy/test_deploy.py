@@ -311,7 +311,8 @@ def test_the_model_server_answers_for_the_champion(deployment):
         status, out = http("POST", f"{SERVER}/v1/models/wiki-image-topics:predict", {"instances": instances}, token)
         assert status == 200, out
         served = np.array([[p["probabilities"][n] for n in names] for p in out["predictions"]])
-        np.testing.assert_allclose(served, predicted[[f"p_{s}" for s in slugs]].to_numpy(), atol=1e-6, rtol=0)
+        # 1e-5: the image tower's fp16 rounding shows batch composition at about 1e-6 (tests/serving)
+        np.testing.assert_allclose(served, predicted[[f"p_{s}" for s in slugs]].to_numpy(), atol=1e-5, rtol=0)
     assert http("POST", f"{SERVER}/v1/models/wiki-image-topics:predict", {"instances": instances})[0] == 401
     assert http("GET", f"{SERVER}/")[0] == 200  # the page is open; it asks for the token
 
