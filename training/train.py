@@ -284,7 +284,7 @@ def run(settings: Settings) -> dict:
                     raise
                 # Start where the backbone's model left off: its heads (layers of the same shapes: the
                 # same label set and inputs), and for a fine-tune from train.init_from its tower too.
-                start = backbone if heads else None
+                start, source_tower = (backbone if heads else None), None
                 if t.init_from and not heads and inputs.reads_pixels:
                     start = backbones.resolve_uri(settings, t.init_from)
                     if start is None:
@@ -326,7 +326,7 @@ def run(settings: Settings) -> dict:
             export = new_model("none")
             export.set_weights(model.get_weights())
             # A heads model is served whole: the backbone's tower composed with the heads just trained.
-            served = compose(backbones.load_tower(settings, backbone), export) if heads else export
+            served = compose(source_tower, export) if heads else export  # the backbone's tower, loaded once
             tower = parts(served)[0]
             backbone_info = None
             if tower is not None:
